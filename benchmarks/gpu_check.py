@@ -1,0 +1,207 @@
+"""Correctness of the Triton backend at full sizes on a CUDA device, against an fp64 run of the reference.
+
+    python benchmarks/gpu_check.py [--out DIR] [--quick]
+
+Prints one row per case (relative errors of the output and of every statistic) and writes the table to
+``DIR/gpu_check.txt``. Exits non-zero if any case fails. The fp64 reference materialises the score matrix, so it is
+evaluated a few kv heads at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from vlmfix.kernels import reference  # noqa: E402
+from vlmfix.kernels import triton_attention as ta  # noqa: E402
+from vlmfix.kernels.classes import LOCAL, SINK, SUMMARY, VISUAL  # noqa: E402
+from vlmfix.kernels.reference import ReweightParams  # noqa: E402
+
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+STATS = ("lse", "class_mass", "last_row_probs")
+METHODS = ("none", "log_bias", "amp", "var", "head_scale", "all")
+
+
+def prompt_layout(n: int, device) -> torch.Tensor:
+    """BOS sink, a short text prefix, an image over most of the keys (with a few sink, local and summary tokens),
+    and 64 trailing text tokens."""
+    cls = torch.zeros(n, dtype=torch.int32)
+    cls[0] = SINK
+    start, end = max(2, n // 20), max(3, n - 64)
+    cls[start:end] = VISUAL
+    span = end - start
+    for j in torch.linspace(start + 1, end - 2, 6).long():
+        cls[j] |= SINK
+    cls[start:end:7] |= LOCAL
+    cls[start + 3:end:97] |= SUMMARY
+    del span
+    return cls.to(device)
+
+
+def make_case(b, hq, hkv, m, n, d, dtype, method, pad, seed, dev="cuda"):
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    q = torch.randn(b, hq, m, d, generator=gen, device=dev).to(dtype)
+    k = torch.randn(b, hkv, n, d, generator=gen, device=dev)
+    v = torch.randn(b, hkv, n, d, generator=gen, device=dev).to(dtype)
+    cls = prompt_layout(n, dev)
+    k[:, :, (cls & SINK) != 0] *= 2.0  # sinks attract attention, so VAR has mass to move
+    k = k.to(dtype)
+    cls = cls.expand(b, n).contiguous()
+    mask = None
+    if pad:
+        q_pos = torch.arange(n - m, n, device=dev)[:, None]
+        k_pos = torch.arange(n, device=dev)[None, :]
+        mask = torch.zeros(b, 1, m, n, dtype=torch.bool, device=dev)
+        for i in range(b):
+            mask[i, 0] = (k_pos <= q_pos) & (k_pos >= (0 if i == 0 else 17 * i))
+    p = None
+    if method != "none":
+        p = ReweightParams(key_class=cls)
+        if method in ("log_bias", "all"):
+            lb = torch.randn(b, hq, 16, generator=gen, device=dev) * 0.5
+            lb[:, ::4, LOCAL] = float("-inf")
+            p.log_bias = lb
+        if method in ("amp", "all"):
+            p.amp = torch.rand(b, hq, 16, generator=gen, device=dev)
+        if method in ("var", "all"):
+            p.var_p = torch.rand(b, hq, generator=gen, device=dev) * 0.5 + 0.2
+            p.var_p[:, ::3] = 0.0
+            p.var_rho, p.var_min_mass = 0.5, 0.3
+        if method in ("head_scale", "all"):
+            p.head_scale = torch.rand(b, hq, generator=gen, device=dev) + 0.5
+    return q, k, v, mask, p
+
+
+def _slice_params(p, h0, h1):
+    if p is None:
+        return None
+    cut = {f: getattr(p, f) for f in p.__dataclass_fields__}
+    for f in ("log_bias", "amp", "var_p", "head_scale"):
+        if cut[f] is not None:
+            cut[f] = cut[f][:, h0:h1]
+    return ReweightParams(**cut)
+
+
+def reference_by_heads(q, k, v, scale, mask, p, want, max_elems=4 * 8192 * 8192):
+    """fp64 reference, a few kv heads at a time so the (heads, M, N) matrices fit on the device."""
+    b, hq, m, _ = q.shape
+    hkv, n = k.shape[1], k.shape[2]
+    g = hq // hkv
+    kv_step = max(1, min(hkv, max_elems // max(1, b * g * m * n)))
+    outs, stats = [], {w: [] for w in want}
+    for k0 in range(0, hkv, kv_step):
+        k1 = min(hkv, k0 + kv_step)
+        msk = mask if mask is None or mask.shape[1] == 1 else mask[:, k0 * g:k1 * g]
+        o, st = reference.attention(q[:, k0 * g:k1 * g].double(), k[:, k0:k1].double(), v[:, k0:k1].double(),
+                                    scale=scale, mask=msk, params=_slice_params(p, k0 * g, k1 * g), want=want)
+        outs.append(o)
+        for w in want:
+            stats[w].append(st[w])
+    return torch.cat(outs, 2), {w: torch.cat(stats[w], 1) for w in want}
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    if torch.isnan(a).any():
+        return float("nan")
+    fin = torch.isfinite(b)
+    if not torch.equal(fin, torch.isfinite(a)):
+        return float("inf")
+    a, b = a[fin], b[fin]
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def cases(quick: bool, tiny: bool = False):
+    bf, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    out = []
+    if tiny:  # a CPU smoke run of this script under TRITON_INTERPRET=1
+        return [(1, 4, 2, 40, 40, 64, bf, "all", False), (2, 4, 4, 1, 100, 80, fp32, "all", True),
+                (2, 4, 2, 7, 90, 128, fp16, "var", True)]
+    # (b, hq, hkv, m, n, d, dtype, method, pad)
+    for hq, hkv, d in ((32, 8, 128), (32, 32, 64), (32, 8, 80)):
+        for method in ("none", "all"):
+            out.append((1, hq, hkv, 1000, 1000, d, bf, method, False))
+    if not quick:
+        out.append((1, 32, 8, 8192, 8192, 128, bf, "all", False))
+        out.append((1, 32, 32, 8192, 8192, 64, bf, "none", False))
+    for dtype in (fp16, fp32):
+        for method in ("none", "var", "all"):
+            out.append((1, 32, 8, 2900, 2900, 128, dtype, method, False))
+    for method in METHODS:
+        out.append((1, 32, 8, 300, 2900, 128, bf, method, False))  # chunked prefill
+    for n in (640, 2900, 8192):
+        for method in ("none", "var", "all"):
+            out.append((1, 32, 8, 1, n, 128, bf, method, False))
+    for method in ("var", "all"):
+        out.append((1, 32, 32, 1, 8192, 64, bf, method, False))
+        out.append((8, 32, 8, 1, 2900, 128, bf, method, False))
+    for dtype in (fp16, fp32):
+        out.append((1, 32, 8, 1, 2900, 128, dtype, "all", False))
+        out.append((1, 32, 32, 1, 640, 80, dtype, "all", False))
+    # left padding (batch row i padded by 17 * i keys)
+    out.append((3, 32, 8, 1000, 1000, 128, bf, "all", True))
+    out.append((3, 32, 8, 300, 2900, 128, bf, "all", True))
+    out.append((3, 32, 8, 1, 2900, 128, bf, "all", True))
+    out.append((3, 32, 32, 1, 8192, 64, fp32, "var", True))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--tiny", action="store_true")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    ta._empty = lambda *s, **kw: torch.full(s[0] if len(s) == 1 and isinstance(s[0], tuple) else s,
+                                              float("nan"), **kw)
+    dev = "cpu" if args.tiny else "cuda"
+    gpu = torch.cuda.get_device_name() if dev == "cuda" else "cpu (interpreter)"
+    lines = [f"# gpu_check on {gpu} | torch {torch.__version__} | "
+             f"triton {ta.triton.__version__} | {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+             f"{'dtype':9} {'B':>2} {'Hq/Hkv':>6} {'D':>4} {'M':>5} {'N':>5} {'pad':>3} {'method':10} "
+             f"{'out':>9} {'lse':>9} {'mass':>9} {'lastrow':>9} {'tol':>6}  result"]
+    print(lines[0], flush=True)
+    print(lines[1], flush=True)
+    failed = 0
+    for i, (b, hq, hkv, m, n, d, dtype, method, pad) in enumerate(cases(args.quick, args.tiny)):
+        q, k, v, mask, p = make_case(b, hq, hkv, m, n, d, dtype, method, pad, seed=1000 + i, dev=dev)
+        want = STATS if method in ("all", "var") else ("lse",)
+        scale = d ** -0.5
+        ta._workspace.clear()
+        out, st = ta.attention(q, k, v, scale=scale, mask=mask, params=p, want=want)
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        ref, rst = reference_by_heads(q, k, v, scale, mask, p, want)
+        tol = TOL[dtype]
+        errs = {"out": rel(out, ref)}
+        for w in want:
+            errs[w] = rel(st[w], rst[w])
+        ok = all(e <= max(tol, 1e-5) for e in errs.values())
+        failed += not ok
+        f = lambda x: f"{x:9.2e}" if x is not None else f"{'-':>9}"  # noqa: E731
+        row = (f"{str(dtype).replace('torch.', ''):9} {b:>2} {f'{hq}/{hkv}':>6} {d:>4} {m:>5} {n:>5} "
+               f"{'yes' if pad else 'no':>3} {method:10} {f(errs['out'])} {f(errs.get('lse'))} "
+               f"{f(errs.get('class_mass'))} {f(errs.get('last_row_probs'))} {tol:6.0e}  {'PASS' if ok else 'FAIL'}")
+        print(row, flush=True)
+        lines.append(row)
+        with open(os.path.join(args.out, "gpu_check.txt"), "w") as fh:  # rewritten as we go: a partial run counts
+            fh.write("\n".join(lines) + "\n")
+        del q, k, v, mask, p, out, st, ref, rst
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+    lines.append(f"# {len(lines) - 2} cases, {failed} failed")
+    print(lines[-1])
+    with open(os.path.join(args.out, "gpu_check.txt"), "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,342 @@
+"""The Triton kernels against an fp64 run of the reference, and the reference against independent formulas.
+
+The Triton side runs in the interpreter on the CPU, so shapes are small but odd (37, 70, 5, 1) and blocks are 16
+wide: several query tiles, key blocks and decode splits are still exercised. Every buffer the wrapper allocates is
+handed out NaN-filled, so an element the kernels forget to write fails the comparison.
+"""
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # must precede the first triton import
+
+import math
+
+import pytest
+import torch
+
+from vlmfix.kernels import reference
+from vlmfix.kernels.classes import LOCAL, SINK, SUMMARY, VISUAL
+from vlmfix.kernels.reference import ReweightParams
+
+ta = pytest.importorskip("vlmfix.kernels.triton_attention")
+
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+SHAPES = [(37, 37), (5, 70), (1, 70)]  # (queries, keys): prefill, chunked prefill, decode
+
+
+@pytest.fixture(autouse=True)
+def poisoned(monkeypatch):
+    def nan_empty(*shape, dtype=None, device=None, **kw):
+        return torch.full(*shape, float("nan"), dtype=dtype, device=device) if len(shape) == 1 and isinstance(
+            shape[0], (tuple, list)) else torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(ta, "_empty", nan_empty)
+    monkeypatch.setattr(ta, "_workspace", {})
+    yield
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    assert not torch.isnan(a).any(), "NaN in kernel output"
+    fin = torch.isfinite(b)
+    assert torch.equal(fin, torch.isfinite(a)), "non-finite pattern differs"
+    a, b = a[fin], b[fin]
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def layout(n):
+    """Key classes of a miniature prompt: BOS sink, text, image with a few sink / local / summary tokens, text."""
+    cls = torch.zeros(n, dtype=torch.int64)
+    cls[0] = SINK
+    start, end = max(2, n // 8), n - max(4, n // 4)
+    cls[start:end] = VISUAL
+    for j in range(start + 2, end, 7):
+        cls[j] |= SINK
+    for j in range(start + 1, end, 5):
+        cls[j] |= LOCAL
+    for j in range(start + 3, end, 11):
+        cls[j] |= SUMMARY
+    return cls
+
+
+def inputs(b, hq, hkv, m, n, d, dtype, gen):
+    q = torch.randn(b, hq, m, d, generator=gen).to(dtype)
+    k = torch.randn(b, hkv, n, d, generator=gen).to(dtype)
+    v = torch.randn(b, hkv, n, d, generator=gen).to(dtype)
+    # Sinks attract attention the way massive-activation tokens do, so VAR has mass to move.
+    cls = layout(n)
+    k[:, :, (cls & SINK) != 0] = (k[:, :, (cls & SINK) != 0].float() * 2).to(dtype)
+    return q, k, v, cls.expand(b, n).contiguous()
+
+
+def method_params(kind, b, h, cls, gen, m, n, q, k, v, scale, mask):
+    p = ReweightParams(key_class=cls)
+    if kind in ("log_bias", "all"):
+        lb = torch.randn(b, h, 16, generator=gen) * 0.5
+        lb[:, 0, LOCAL] = float("-inf")
+        lb[:, 0, VISUAL | LOCAL] = float("-inf")
+        p.log_bias = lb
+    if kind in ("amp", "all"):
+        p.amp = torch.rand(b, h, 16, generator=gen)
+    if kind in ("head_scale", "all"):
+        p.head_scale = torch.rand(b, h, generator=gen) + 0.5
+    if kind in ("var", "all"):
+        p.var_p = torch.rand(b, h, generator=gen) * 0.5 + 0.3
+        p.var_p[:, -1] = 0.0
+        p.var_rho = 0.5
+        p.var_min_mass = split_threshold(q, k, v, scale, mask, p)
+    return p
+
+
+def split_threshold(q, k, v, scale, mask, p):
+    """A var_min_mass that leaves some eligible rows image-centric and some not, far from any row's mass."""
+    probe = ReweightParams(key_class=p.key_class, log_bias=p.log_bias, amp=p.amp)
+    _, st = reference.attention(q.double(), k.double(), v.double(), scale=scale, mask=mask, params=probe,
+                                want=("class_mass",))
+    mass = st["class_mass"]
+    c = torch.arange(16)
+    vis = mass[..., (c & VISUAL) != 0].sum(-1)
+    n, m = p.key_class.shape[1], q.shape[2]
+    text_q = ((p.key_class[:, n - m:] & VISUAL) == 0)[:, None, :].expand_as(vis)
+    vals = torch.sort(vis[text_q & (vis > 0.01)].flatten()).values
+    if len(vals) < 2:
+        return 0.2
+    gaps = vals[1:] - vals[:-1]
+    i = int(torch.argmax(gaps[len(gaps) // 4: max(len(gaps) // 4 + 1, 3 * len(gaps) // 4)])) + len(gaps) // 4
+    return float((vals[i] + vals[i + 1]) / 2)
+
+
+def check(q, k, v, *, scale, mask=None, params=None, want=("lse", "class_mass", "last_row_probs")):
+    tol = TOL[q.dtype]
+    out, st = ta.attention(q, k, v, scale=scale, mask=mask, params=params, want=want)
+    p64 = None
+    if params is not None:
+        p64 = ReweightParams(**{f: getattr(params, f) for f in params.__dataclass_fields__})
+    ref, rst = reference.attention(q.double(), k.double(), v.double(), scale=scale, mask=mask, params=p64,
+                                   want=want)
+    assert out.shape == ref.shape and out.dtype == q.dtype
+    assert rel(out, ref) <= tol, rel(out, ref)
+    for name in want:
+        assert st[name].shape == rst[name].shape, name
+        err = rel(st[name], rst[name])
+        assert err <= max(tol, 1e-5), (name, err)
+    return out, st
+
+
+def both_var_branches(q, k, v, scale, mask, params):
+    probe = ReweightParams(key_class=params.key_class, log_bias=params.log_bias, amp=params.amp)
+    _, st = reference.attention(q.double(), k.double(), v.double(), scale=scale, mask=mask, params=probe,
+                                want=("class_mass",))
+    n, m = params.key_class.shape[1], q.shape[2]
+    c = torch.arange(16)
+    mass = st["class_mass"]
+    vis = mass[..., (c & VISUAL) != 0].sum(-1)
+    vns = mass[..., ((c & VISUAL) != 0) & ((c & SINK) == 0)].sum(-1)
+    text_q = ((params.key_class[:, n - m:] & VISUAL) == 0)[:, None, :]
+    on = (params.var_p > 0)[:, :, None] & text_q
+    sel = on & (vis >= params.var_min_mass) & (vns > 0) & (vns >= params.var_rho * vis)
+    return bool(sel.any()), bool((on & ~sel).any())
+
+
+@pytest.mark.parametrize("m,n", SHAPES)
+@pytest.mark.parametrize("hq,hkv", [(4, 2), (2, 2)])
+def test_plain_fp32(m, n, hq, hkv):
+    gen = torch.Generator().manual_seed(m * 100 + n + hkv)
+    q, k, v, _ = inputs(2, hq, hkv, m, n, 64, torch.float32, gen)
+    check(q, k, v, scale=0.125, want=("lse",))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m,n", [(37, 37), (1, 70)])
+def test_half_precision(dtype, m, n):
+    gen = torch.Generator().manual_seed(7 + m)
+    q, k, v, cls = inputs(2, 4, 2, m, n, 64, dtype, gen)
+    params = method_params("all", 2, 4, cls, gen, m, n, q, k, v, 0.125, None)
+    check(q, k, v, scale=0.125, params=params)
+
+
+@pytest.mark.parametrize("d,m,n", [(80, 37, 37), (96, 1, 70), (128, 5, 70)])
+def test_head_dims(d, m, n):
+    gen = torch.Generator().manual_seed(d)
+    q, k, v, cls = inputs(1, 4, 2, m, n, d, torch.float32, gen)
+    check(q, k, v, scale=d ** -0.5, params=method_params("all", 1, 4, cls, gen, m, n, q, k, v, d ** -0.5, None))
+
+
+def left_padding(b, m, n, pads):
+    q_pos = torch.arange(n - m, n)[:, None]
+    k_pos = torch.arange(n)[None, :]
+    causal = k_pos <= q_pos
+    mask = torch.zeros(b, 1, m, n, dtype=torch.bool)
+    for i, pad in enumerate(pads):
+        mask[i, 0] = causal & (k_pos >= pad)
+    return mask
+
+
+@pytest.mark.parametrize("m,n", SHAPES)
+def test_left_padding(m, n):
+    """Batch row 1 is left-padded; in prefill its padded query rows see no key at all and must come out zero."""
+    gen = torch.Generator().manual_seed(11 + m)
+    q, k, v, cls = inputs(2, 4, 2, m, n, 64, torch.float32, gen)
+    mask = left_padding(2, m, n, [0, 9])
+    out, st = check(q, k, v, scale=0.125, mask=mask)
+    if m == n:
+        assert torch.all(out[1, :9] == 0) and torch.all(torch.isneginf(st["lse"][1, :, :9]))
+
+
+@pytest.mark.parametrize("kind", ["log_bias", "amp", "var", "head_scale", "all"])
+@pytest.mark.parametrize("m,n", SHAPES)
+def test_methods(kind, m, n):
+    gen = torch.Generator().manual_seed(hash((kind, m, n)) % 1000)
+    q, k, v, cls = inputs(2, 4, 2, m, n, 64, torch.float32, gen)
+    mask = left_padding(2, m, n, [0, 3]) if kind == "all" else None
+    params = method_params(kind, 2, 4, cls, gen, m, n, q, k, v, 0.125, mask)
+    if kind == "var" and m > 1:
+        assert both_var_branches(q, k, v, 0.125, mask, params) == (True, True)
+    check(q, k, v, scale=0.125, mask=mask, params=params)
+
+
+def test_var_decode_both_branches_across_batch():
+    """Decode: one batch row image-centric, the other not (its visual keys are pushed down by log_bias)."""
+    gen = torch.Generator().manual_seed(5)
+    q, k, v, cls = inputs(2, 4, 2, 1, 70, 64, torch.float32, gen)
+    lb = torch.zeros(2, 4, 16)
+    lb[1, :, VISUAL] = -6.0
+    params = ReweightParams(key_class=cls, log_bias=lb, var_p=torch.full((2, 4), 0.6), var_min_mass=0.2)
+    assert both_var_branches(q, k, v, 0.125, None, params) == (True, True)
+    check(q, k, v, scale=0.125, params=params)
+
+
+@pytest.mark.parametrize("splits", ["one", "many"])
+def test_decode_split_paths(monkeypatch, splits):
+    if splits == "one":
+        monkeypatch.setitem(ta.DECODE_SPLIT, "min_keys", 10 ** 9)
+    gen = torch.Generator().manual_seed(3)
+    q, k, v, cls = inputs(2, 8, 2, 1, 70, 64, torch.float32, gen)
+    check(q, k, v, scale=0.125, params=method_params("all", 2, 8, cls, gen, 1, 70, q, k, v, 0.125, None))
+
+
+def test_mqa_and_per_head_mask():
+    gen = torch.Generator().manual_seed(9)
+    q, k, v, cls = inputs(1, 4, 1, 5, 40, 64, torch.float32, gen)
+    mask = torch.rand(1, 4, 5, 40, generator=gen) > 0.3
+    check(q, k, v, scale=0.125, mask=mask, params=method_params("all", 1, 4, cls, gen, 5, 40, q, k, v, 0.125,
+                                                                mask))
+
+
+def test_identity_params_and_no_classes():
+    gen = torch.Generator().manual_seed(4)
+    q, k, v, _ = inputs(1, 2, 2, 37, 37, 64, torch.float32, gen)
+    check(q, k, v, scale=0.125, params=ReweightParams(), want=("class_mass", "lse"))
+    check(q, k, v, scale=0.125, params=ReweightParams(head_scale=torch.rand(1, 2, generator=gen)))
+
+
+def test_rejects_bad_inputs():
+    q = torch.randn(1, 3, 4, 16)
+    k = torch.randn(1, 2, 4, 16)
+    with pytest.raises(ValueError):
+        ta.attention(q, k, k, scale=1.0)
+    with pytest.raises(ValueError):
+        ta.attention(torch.randn(1, 2, 4, 16), k, k, scale=1.0, want=("nope",))
+    with pytest.raises(TypeError):
+        ta.attention(torch.randn(1, 2, 4, 16), k, k, scale=1.0, mask=torch.ones(1, 1, 4, 4))
+
+
+# --- the reference against formulas written independently of it -----------------------------------------------
+
+
+def _probs(q, k, scale, lb=None, cls=None):
+    s = torch.einsum("bhmd,bhnd->bhmn", q, k) * scale
+    m, n = q.shape[2], k.shape[2]
+    s = s.masked_fill(torch.arange(n)[None, :] > torch.arange(n - m, n)[:, None], float("-inf"))
+    if lb is not None:
+        s = s + lb[:, :, cls[0]][:, :, None, :]
+    return torch.softmax(s, -1)
+
+
+def test_reference_var_moves_exactly_p_of_sink_mass():
+    gen = torch.Generator().manual_seed(1)
+    b, h, n, d = 1, 3, 40, 16
+    cls = layout(n)[None]
+    q = torch.randn(b, h, n, d, generator=gen, dtype=torch.float64)
+    k = torch.randn(b, h, n, d, generator=gen, dtype=torch.float64)
+    eye = torch.eye(n, dtype=torch.float64).expand(b, h, n, n).contiguous()  # values = one-hot: out == probs
+    var_p = torch.tensor([[0.5, 0.0, 0.8]], dtype=torch.float64)
+    out, _ = reference.attention(q, k, eye, scale=0.25, params=ReweightParams(key_class=cls, var_p=var_p,
+                                                                               var_rho=0.3, var_min_mass=0.1))
+    after = out.transpose(1, 2)  # (b, h, m, n) post-VAR probabilities
+    before = _probs(q, k, 0.25)
+    torch.testing.assert_close(after.sum(-1), torch.ones(b, h, n, dtype=torch.float64))
+    sink, vis = (cls[0] & SINK) != 0, (cls[0] & VISUAL) != 0
+    vns = vis & ~sink
+    moved_any = False
+    for hh in range(h):
+        for i in range(n):
+            pb, pa = before[0, hh, i], after[0, hh, i]
+            S, V, Vns = pb[sink].sum(), pb[vis].sum(), pb[vns].sum()
+            image_centric = (var_p[0, hh] > 0 and not vis[i] and V >= 0.1 and Vns > 0 and Vns / V >= 0.3)
+            if not image_centric:
+                torch.testing.assert_close(pa, pb)
+                continue
+            moved_any = True
+            p = var_p[0, hh]
+            torch.testing.assert_close(pa[sink].sum(), (1 - p) * S)
+            torch.testing.assert_close(pa[vns].sum(), Vns + p * S)
+            torch.testing.assert_close(pa[~sink & ~vns], pb[~sink & ~vns])
+            torch.testing.assert_close(pa[vns] / pb[vns], torch.full_like(pb[vns], float(1 + p * S / Vns)))
+    assert moved_any
+
+
+def test_reference_paint_touches_last_row_only():
+    gen = torch.Generator().manual_seed(2)
+    b, h, m, n, d = 1, 2, 6, 30, 16
+    cls = layout(n)[None]
+    q = torch.randn(b, h, m, d, generator=gen, dtype=torch.float64)
+    k = torch.randn(b, h, n, d, generator=gen, dtype=torch.float64)
+    eye = torch.eye(n, dtype=torch.float64).expand(b, h, n, n).contiguous()
+    amp = torch.zeros(b, h, 16, dtype=torch.float64)
+    amp[:, :, VISUAL] = 0.7
+    out, _ = reference.attention(q, k, eye, scale=0.3, params=ReweightParams(key_class=cls, amp=amp))
+    probs = out.transpose(1, 2)
+    plain = _probs(q, k, 0.3)
+    torch.testing.assert_close(probs[:, :, :-1], plain[:, :, :-1])
+    s = torch.einsum("bhd,bhnd->bhn", q[:, :, -1], k) * 0.3
+    s = s + amp[:, :, cls[0]] * s.abs()
+    torch.testing.assert_close(probs[:, :, -1], torch.softmax(s, -1))
+    assert not torch.allclose(probs[:, :, -1], plain[:, :, -1])
+
+
+def test_reference_log_bias_is_renormalised_multiplicative_weight():
+    gen = torch.Generator().manual_seed(3)
+    b, h, n, d = 1, 2, 25, 16
+    cls = layout(n)[None]
+    q = torch.randn(b, h, n, d, generator=gen, dtype=torch.float64)
+    k = torch.randn(b, h, n, d, generator=gen, dtype=torch.float64)
+    eye = torch.eye(n, dtype=torch.float64).expand(b, h, n, n).contiguous()
+    weight = torch.rand(b, h, 16, generator=gen, dtype=torch.float64) + 0.1
+    weight[:, :, LOCAL | VISUAL] = 0.0  # log 0 = -inf removes the class
+    out, _ = reference.attention(q, k, eye, scale=0.3, params=ReweightParams(key_class=cls, log_bias=weight.log()))
+    plain = _probs(q, k, 0.3)
+    w = weight[:, :, cls[0]][:, :, None, :]
+    expect = plain * w / (plain * w).sum(-1, keepdim=True)
+    torch.testing.assert_close(out.transpose(1, 2), expect)
+    assert math.isclose(float(out.transpose(1, 2)[..., (cls[0] == (LOCAL | VISUAL))].abs().sum()), 0.0)
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_var_plain_pass_modes(monkeypatch, skip):
+    """Both ways of sharing tiles between the plain and the VAR launch give the same result."""
+    monkeypatch.setattr(ta, "VAR_SKIP_IN_PLAIN", skip)
+    gen = torch.Generator().manual_seed(21)
+    q, k, v, cls = inputs(1, 4, 2, 37, 37, 64, torch.float32, gen)
+    params = method_params("var", 1, 4, cls, gen, 37, 37, q, k, v, 0.125, None)
+    check(q, k, v, scale=0.125, params=params)
+
+
+@pytest.mark.parametrize("splits", ["one", "many"])
+def test_decode_wide_group(monkeypatch, splits):
+    """Six query heads per kv head: VAR's three part rows per head no longer fit 16 rows (18 -> 32)."""
+    if splits == "one":
+        monkeypatch.setitem(ta.DECODE_SPLIT, "min_keys", 10 ** 9)
+    gen = torch.Generator().manual_seed(8)
+    q, k, v, cls = inputs(1, 6, 1, 1, 50, 64, torch.float32, gen)
+    check(q, k, v, scale=0.125, params=method_params("all", 1, 6, cls, gen, 1, 50, q, k, v, 0.125, None))

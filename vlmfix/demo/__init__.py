@@ -1,0 +1,17 @@
+"""Side-by-side demo: the same question to the unmodified model and to the patched one, with heat maps.
+
+``compare`` (no UI) is the core; ``build_app`` wraps it in a Gradio page; ``vlmfix demo`` launches that page.
+Gradio is imported only by ``build_app``, so the comparison logic works without the ``demo`` extra installed.
+"""
+
+from .compare import CompareResult, DemoInputError, SideResult, compare, model_lock, stream_compare
+
+
+def build_app(*args, **kwargs):
+    """See :func:`vlmfix.demo.app.build_app` (imports Gradio)."""
+    from .app import build_app as _build
+
+    return _build(*args, **kwargs)
+
+
+__all__ = ["compare", "stream_compare", "CompareResult", "SideResult", "DemoInputError", "model_lock", "build_app"]

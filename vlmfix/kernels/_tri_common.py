@@ -1,0 +1,95 @@
+"""Pieces shared by the Triton kernels: score computation for one key block and the VAR decision.
+
+Scores are kept in base-2 units (natural score times log2(e)) so the softmax can use ``exp2``; the PAINT term
+``amp * |s|`` is homogeneous in ``s`` and survives that scaling unchanged, log biases are converted when loaded.
+"""
+
+import triton
+import triton.language as tl
+
+LOG2E_F = 1.4426950408889634
+LN2_F = 0.6931471805599453
+LOG2E = tl.constexpr(LOG2E_F)  # jit code may only read constexpr globals
+LN2 = tl.constexpr(LN2_F)
+
+
+@triton.jit
+def block_scores(q, K_blk, skn, start_n, n_kv, offs_n, offs_d, d_ok, qpos, is_last, rows_ok,
+                 CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CHECK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                 HAS_MASK: tl.constexpr, LOAD_CLS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr,
+                 GROUP: tl.constexpr, DOT_FP32: tl.constexpr):
+    """Base-2 scores of one (rows x BLOCK_N) block with every pre-softmax effect and mask applied.
+
+    Returns the scores and the key classes (zeros when not loaded). ``GROUP == 1``
+    means all rows share one head, so the per-key table gathers are 1-D; otherwise rows carry their own head and the
+    gather is 2-D.
+    """
+    keys = start_n + offs_n
+    n_ok = keys < n_kv
+    k_ptrs = K_blk + keys[:, None] * skn + offs_d[None, :]
+    if CHECK_N:
+        if BLOCK_D == HEAD_DIM:
+            k = tl.load(k_ptrs, mask=n_ok[:, None], other=0.0)
+        else:
+            k = tl.load(k_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    else:
+        if BLOCK_D == HEAD_DIM:
+            k = tl.load(k_ptrs)
+        else:
+            k = tl.load(k_ptrs, mask=d_ok[None, :], other=0.0)
+    if DOT_FP32:
+        s = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    s = s * qk_scale
+
+    if LOAD_CLS:
+        if CHECK_N:
+            cls = tl.load(CLS_b + keys * scn, mask=n_ok, other=0).to(tl.int32)
+        else:
+            cls = tl.load(CLS_b + keys * scn).to(tl.int32)
+    else:
+        cls = tl.zeros([offs_n.shape[0]], dtype=tl.int32)
+    if HAS_AMP:
+        if GROUP == 1:
+            a = tl.load(AMP_row + cls)[None, :]
+        else:
+            a = tl.load(AMP_row[:, None] + cls[None, :])
+        s = tl.where(is_last[:, None], s + a * tl.abs(s), s)
+    if HAS_BIAS:
+        if GROUP == 1:
+            bias = tl.load(LB_row + cls)[None, :]
+        else:
+            bias = tl.load(LB_row[:, None] + cls[None, :])
+        s = s + bias * LOG2E
+    if CHECK_N:
+        s = tl.where(n_ok[None, :], s, float("-inf"))
+    if CAUSAL:
+        s = tl.where(keys[None, :] <= qpos[:, None], s, float("-inf"))
+    if HAS_MASK:
+        allowed = tl.load(MASK_row[:, None] + keys[None, :] * smn, mask=rows_ok[:, None] & n_ok[None, :], other=0)
+        s = tl.where(allowed != 0, s, float("-inf"))
+    return s, cls
+
+
+@triton.jit
+def var_weights(l, S, Vs, Vns, eligible, p_var, var_rho, var_min_mass):
+    """VAR's per-row multipliers (sink keys, visual non-sink keys); 1 where the row is not image-centric.
+
+    The masses are unnormalised sums sharing the normaliser ``l``.
+    """
+    l_safe = tl.where(l > 0, l, 1.0)
+    s_m = S / l_safe
+    v_m = (Vs + Vns) / l_safe
+    vns_m = Vns / l_safe
+    sel = eligible & (p_var > 0) & (v_m >= var_min_mass) & (vns_m > 0) & (vns_m >= var_rho * v_m)
+    w_sink = tl.where(sel, 1.0 - p_var, 1.0)
+    w_vis = tl.where(sel, 1.0 + p_var * s_m / tl.where(vns_m > 0, vns_m, 1.0), 1.0)
+    return w_sink, w_vis
+
+
+@triton.jit
+def one_hot16(cls):
+    """(BLOCK_N, 16) fp32 indicator of each key's class, so per-class masses are one small matrix product."""
+    return (cls[:, None] == tl.arange(0, 16)[None, :]).to(tl.float32)

@@ -1,0 +1,270 @@
+"""Single-query kernels: split-K decode (+ combine) and the last-row probabilities used for statistics.
+
+At decode a batch-1 step has only ``B * Hkv`` (query-group) programs, far fewer than the GPU has multiprocessors, so
+the key range is split across programs (flash-decoding) and a tiny combine kernel merges the partial softmaxes.
+One program holds all query heads of a kv head, so K/V are read once per group.
+
+VAR cannot use the prefill kernel's pre-pass here (a split sees only part of the row, and a second pass would read
+the keys twice in a memory-bound kernel). Instead each head keeps three value accumulators (sink keys, visual
+non-sink keys, the rest) under one running max, plus their masses, and VAR is decided once the whole row is known
+(in the epilogue, or in the combine step after a split). The three accumulators are three rows of the tile.
+"""
+
+import triton
+import triton.language as tl
+
+from ._tri_common import LOG2E, LN2, block_scores, one_hot16, var_weights
+
+
+@triton.jit
+def _load_v(V_blk, svn, keys, n_kv, offs_d, d_ok, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+            CHECK_N: tl.constexpr):
+    v_ptrs = V_blk + keys[:, None] * svn + offs_d[None, :]
+    if CHECK_N:
+        if BLOCK_D == HEAD_DIM:
+            v = tl.load(v_ptrs, mask=(keys < n_kv)[:, None], other=0.0)
+        else:
+            v = tl.load(v_ptrs, mask=(keys < n_kv)[:, None] & d_ok[None, :], other=0.0)
+    else:
+        if BLOCK_D == HEAD_DIM:
+            v = tl.load(v_ptrs)
+        else:
+            v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+    return v
+
+
+@triton.jit
+def _pv(p, v, acc, DOT_FP32: tl.constexpr):
+    if DOT_FP32:
+        return tl.dot(p, v.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(p.to(v.dtype), v, acc)
+
+
+@triton.jit
+def _split_loop(acc, l_i, m_i, P, Vs, mass, q, part, lo, hi, K_blk, V_blk, skn, svn, n_kv, offs_n, offs_d, d_ok,
+                qpos, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHECK_N: tl.constexpr,
+                HAS_MASK: tl.constexpr, LOAD_CLS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr,
+                PARTS: tl.constexpr, GROUP: tl.constexpr, DOT_FP32: tl.constexpr, WANT_MASS: tl.constexpr):
+    """Online softmax over keys [lo, hi). With VAR each row keeps only its part's keys in the value product
+    (part 0: neither sink nor visual non-sink, 1: sink, 2: visual non-sink) and ``P`` is that part's mass."""
+    for start_n in range(lo, hi, BLOCK_N):
+        s, cls = block_scores(q, K_blk, skn, start_n, n_kv, offs_n, offs_d, d_ok, qpos, rows_ok, rows_ok,
+                              CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
+                              HEAD_DIM, BLOCK_D, CHECK_N, False, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP,
+                              DOT_FP32)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if WANT_MASS:
+            mass = mass * alpha[:, None] + tl.dot(p, one_hot16(cls), input_precision="ieee")
+        v = _load_v(V_blk, svn, start_n + offs_n, n_kv, offs_d, d_ok, HEAD_DIM, BLOCK_D, CHECK_N)
+        if PARTS == 3:
+            sink = ((cls & 2) != 0)[None, :]
+            vis = ((cls & 1) != 0)[None, :]
+            vns = vis & (~sink)
+            rest = (~sink) & (~vns)
+            take = ((part == 1)[:, None] & sink) | ((part == 2)[:, None] & vns) | ((part == 0)[:, None] & rest)
+            Vs = Vs * alpha + tl.sum(tl.where(sink & vis, p, 0.0), 1)
+            p = tl.where(take, p, 0.0)
+            P = P * alpha + tl.sum(p, 1)
+        acc = _pv(p, v, acc * alpha[:, None], DOT_FP32)
+        m_i = m_new
+    return acc, l_i, m_i, P, Vs, mass
+
+
+@triton.jit
+def decode_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M,
+                  sqb, sqh, skb, skh, skn, svb, svh, svn, sob, soh,
+                  smb, smh, smn, scb, scn, slb_b, slb_h, sam_b, sam_h, svp_b, svp_h, shs_b, shs_h,
+                  qk_scale, var_rho, var_min_mass, N, H, G, chunk,
+                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  SPLITS: tl.constexpr, PARTS: tl.constexpr, GROUP: tl.constexpr, HAS_MASK: tl.constexpr,
+                  LOAD_CLS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr, HAS_HS: tl.constexpr,
+                  WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr, DOT_FP32: tl.constexpr):
+    """Rows of the tile are (part, query head of the group): VAR's three value accumulators of a head become three
+    rows of one product, so VAR costs no extra matrix product and, for groups of up to five heads, no extra rows."""
+    split = tl.program_id(0)
+    pid = tl.program_id(1)
+    n_kv_heads = H // G
+    b = pid // n_kv_heads
+    hk = pid % n_kv_heads
+
+    r = tl.arange(0, BLOCK_M)
+    rows_ok = r < PARTS * G
+    part = r // G
+    h_row = hk * G + r % G
+    qpos = tl.zeros([BLOCK_M], dtype=tl.int32) + (N - 1)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    q = tl.load(Q + b * sqb + h_row[:, None] * sqh + offs_d[None, :], mask=rows_ok[:, None] & d_ok[None, :],
+                other=0.0)
+    if DOT_FP32:
+        q = q.to(tl.float32)
+    K_blk = K + b * skb + hk * skh
+    V_blk = V + b * svb + hk * svh
+    CLS_b = CLS + b * scb
+    MASK_row = MASK + b * smb + h_row * smh
+    if GROUP == 1:
+        LB_row = LB + b * slb_b + hk * slb_h
+        AMP_row = AMP + b * sam_b + hk * sam_h
+    else:
+        LB_row = LB + b * slb_b + h_row * slb_h
+        AMP_row = AMP + b * sam_b + h_row * sam_h
+
+    lo = split * chunk
+    hi = tl.minimum(lo + chunk, N)
+    mid = lo + ((hi - lo) // BLOCK_N) * BLOCK_N
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    zero = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    mass = tl.zeros([BLOCK_M, 16], dtype=tl.float32)
+    acc, l_i, m_i, P, Vs, mass = _split_loop(
+        acc, zero, m_i, zero, zero, mass, q, part, lo, mid, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
+        qpos, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
+        HEAD_DIM, BLOCK_D, BLOCK_N, False, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, PARTS, GROUP, DOT_FP32, WANT_MASS)
+    acc, l_i, m_i, P, Vs, mass = _split_loop(
+        acc, l_i, m_i, P, Vs, mass, q, part, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
+        qpos, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
+        HEAD_DIM, BLOCK_D, BLOCK_N, True, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, PARTS, GROUP, DOT_FP32, WANT_MASS)
+
+    if SPLITS == 1:
+        if PARTS == 3:
+            # Gather each head's part masses onto all of its rows, decide VAR per head, then fold the three part
+            # rows of every head into its first row with one small (BLOCK_M x BLOCK_M) weighting product.
+            same = ((r[:, None] % G) == (r[None, :] % G)) & rows_ok[None, :]
+            S = tl.sum(tl.where(same & (part == 1)[None, :], P[None, :], 0.0), 1)
+            Vns = tl.sum(tl.where(same & (part == 2)[None, :], P[None, :], 0.0), 1)
+            q_cls = tl.load(CLS_b + (N - 1) * scn).to(tl.int32)
+            p_var = tl.load(VARP + b * svp_b + h_row * svp_h)
+            w_sink, w_vis = var_weights(l_i, S, Vs, Vns, (q_cls & 1) == 0, p_var, var_rho, var_min_mass)
+            w_row = tl.where(part == 1, w_sink, tl.where(part == 2, w_vis, 1.0))
+            fold = tl.where(same & (r < G)[:, None], w_row[None, :], 0.0)
+            acc = tl.dot(fold, acc, input_precision="ieee")
+        out_ok = r < G
+        l_safe = tl.where(l_i > 0, l_i, 1.0)
+        out = acc / l_safe[:, None]
+        if HAS_HS:
+            out = out * tl.load(HS + b * shs_b + h_row * shs_h)[:, None]
+        tl.store(O + b * sob + h_row[:, None] * soh + offs_d[None, :], out.to(O.dtype.element_ty),
+                 mask=out_ok[:, None] & d_ok[None, :])
+        stat_row = b * H + h_row
+        if WANT_LSE:
+            lse = tl.where(l_i > 0, (m_i + tl.log2(l_safe)) * LN2, float("-inf"))
+            tl.store(LSE + stat_row, lse, mask=out_ok)
+        if WANT_MASS:
+            c = tl.arange(0, 16)
+            tl.store(MASS + stat_row[:, None] * 16 + c[None, :], mass / l_safe[:, None], mask=out_ok[:, None])
+    else:
+        ws_row = (pid * SPLITS + split) * BLOCK_M + r
+        tl.store(WS_O + ws_row[:, None] * BLOCK_D + offs_d[None, :], acc)
+        tl.store(WS_S + ws_row * 4, m_i)
+        tl.store(WS_S + ws_row * 4 + 1, l_i)
+        if PARTS == 3:
+            tl.store(WS_S + ws_row * 4 + 2, P)
+            tl.store(WS_S + ws_row * 4 + 3, Vs)
+        if WANT_MASS:
+            c = tl.arange(0, 16)
+            tl.store(WS_M + ws_row[:, None] * 16 + c[None, :], mass)
+
+
+@triton.jit
+def combine_kernel(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, sob, soh, scb, scn, svp_b, svp_h, shs_b, shs_h,
+                   var_rho, var_min_mass, N, H, G,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, SPLITS: tl.constexpr,
+                   BLOCK_S: tl.constexpr, PARTS: tl.constexpr, HAS_HS: tl.constexpr, WANT_LSE: tl.constexpr,
+                   WANT_MASS: tl.constexpr):
+    """Merges the splits of one (batch, query head) row: rescale each split to the common max, then finish."""
+    pid = tl.program_id(0)
+    b = pid // H
+    h = pid % H
+    sp = tl.arange(0, BLOCK_S)
+    sp_ok = sp < SPLITS
+    base = ((b * (H // G) + h // G) * SPLITS + sp) * BLOCK_M
+    row0 = base + h % G
+    m = tl.load(WS_S + row0 * 4, mask=sp_ok, other=float("-inf"))
+    l_s = tl.load(WS_S + row0 * 4 + 1, mask=sp_ok, other=0.0)
+    m_max = tl.max(m, 0)
+    m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
+    w = tl.exp2(m - m_use)
+    l_i = tl.sum(w * l_s, 0)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    acc = tl.sum(w[:, None] * tl.load(WS_O + row0[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None],
+                                      other=0.0), 0)
+    if PARTS == 3:
+        row1 = row0 + G
+        row2 = row1 + G
+        acc_s = tl.sum(w[:, None] * tl.load(WS_O + row1[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None],
+                                            other=0.0), 0)
+        acc_v = tl.sum(w[:, None] * tl.load(WS_O + row2[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None],
+                                            other=0.0), 0)
+        S = tl.sum(w * tl.load(WS_S + row1 * 4 + 2, mask=sp_ok, other=0.0), 0)
+        Vns = tl.sum(w * tl.load(WS_S + row2 * 4 + 2, mask=sp_ok, other=0.0), 0)
+        Vs = tl.sum(w * tl.load(WS_S + row0 * 4 + 3, mask=sp_ok, other=0.0), 0)
+        q_cls = tl.load(CLS + b * scb + (N - 1) * scn).to(tl.int32)
+        p_var = tl.load(VARP + b * svp_b + h * svp_h)
+        w_sink, w_vis = var_weights(l_i, S, Vs, Vns, (q_cls & 1) == 0, p_var, var_rho, var_min_mass)
+        acc = acc + w_sink * acc_s + w_vis * acc_v
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    out = acc / l_safe
+    if HAS_HS:
+        out = out * tl.load(HS + b * shs_b + h * shs_h)
+    tl.store(O + b * sob + h * soh + offs_d, out.to(O.dtype.element_ty), mask=d_ok)
+    if WANT_LSE:
+        tl.store(LSE + pid, tl.where(l_i > 0, (m_max + tl.log2(l_safe)) * LN2, float("-inf")))
+    if WANT_MASS:
+        c = tl.arange(0, 16)
+        part = tl.load(WS_M + row0[:, None] * 16 + c[None, :], mask=sp_ok[:, None], other=0.0)
+        tl.store(MASS + pid * 16 + c, tl.sum(w[:, None] * part, 0) / l_safe)
+
+
+@triton.jit
+def last_row_kernel(Q, K, MASK, CLS, LB, AMP, VARP, LSE, MASS, OUT,
+                    sqb, sqh, sqm, skb, skh, skn, smb, smh, smm, smn, scb, scn, slb_b, slb_h, sam_b, sam_h,
+                    svp_b, svp_h, qk_scale, var_rho, var_min_mass, M, N, H, G,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr,
+                    LOAD_CLS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr, HAS_VAR: tl.constexpr):
+    """Final (post-VAR) probabilities of the last query row, recomputed from the main kernel's LSE and masses."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = keys < N
+    q = tl.load(Q + b * sqb + h * sqh + (M - 1) * sqm + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+    k = tl.load(K + b * skb + (h // G) * skh + keys[:, None] * skn + offs_d[None, :],
+                mask=n_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+    s = tl.sum(q[None, :] * k, 1) * qk_scale
+    if LOAD_CLS:
+        cls = tl.load(CLS + b * scb + keys * scn, mask=n_ok, other=0).to(tl.int32)
+    else:
+        cls = tl.zeros([BLOCK_N], dtype=tl.int32)
+    if HAS_AMP:
+        s = s + tl.load(AMP + b * sam_b + h * sam_h + cls) * tl.abs(s)
+    if HAS_BIAS:
+        s = s + tl.load(LB + b * slb_b + h * slb_h + cls) * LOG2E
+    s = tl.where(n_ok, s, float("-inf"))
+    if HAS_MASK:
+        allowed = tl.load(MASK + b * smb + h * smh + (M - 1) * smm + keys * smn, mask=n_ok, other=0)
+        s = tl.where(allowed != 0, s, float("-inf"))
+    stat_row = (b * H + h) * M + M - 1
+    lse = tl.load(LSE + stat_row) * LOG2E
+    p = tl.where(lse == float("-inf"), 0.0, tl.exp2(s - tl.where(lse == float("-inf"), 0.0, lse)))
+    if HAS_VAR:
+        c = tl.arange(0, 16)
+        mass = tl.load(MASS + stat_row * 16 + c)
+        S = tl.sum(tl.where((c & 2) != 0, mass, 0.0), 0)
+        Vs = tl.sum(tl.where((c & 3) == 3, mass, 0.0), 0)
+        Vns = tl.sum(tl.where((c & 3) == 1, mass, 0.0), 0)
+        q_cls = tl.load(CLS + b * scb + (N - 1) * scn).to(tl.int32)
+        p_var = tl.load(VARP + b * svp_b + h * svp_h)
+        w_sink, w_vis = var_weights(S * 0.0 + 1.0, S, Vs, Vns, (q_cls & 1) == 0, p_var, var_rho, var_min_mass)
+        p = p * tl.where((cls & 2) != 0, w_sink, tl.where((cls & 1) != 0, w_vis, 1.0))
+    tl.store(OUT + pid_bh * N + keys, p, mask=n_ok)

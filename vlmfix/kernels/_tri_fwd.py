@@ -1,0 +1,222 @@
+"""The fused forward kernel: one program owns a tile of query rows and streams the keys once (online softmax).
+
+VAR needs each row's final class masses before it can weight the values. Rather than paying for that on every tile,
+a tile first checks whether any of its rows can be affected (a non-visual query token in a head with ``var_p > 0``).
+Only such tiles run a cheap mass pre-pass (scores and exponentials, no value product) and then the weighted main
+loop; every other tile runs the plain flash loop. In prompts only the text after the image qualifies, so a couple
+of tiles pay about 1.5x and the rest nothing. ``docs/kernels.md`` has the accounting.
+"""
+
+import triton
+import triton.language as tl
+
+from ._tri_common import LN2, block_scores, one_hot16, var_weights
+
+
+@triton.jit
+def _attend(acc, l_i, m_i, mass, q, lo, hi, K_blk, V_blk, skn, svn, n_kv, offs_n, offs_d, d_ok, qpos, is_last,
+            rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, w_sink, w_vis,
+            HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHECK_N: tl.constexpr,
+            CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, LOAD_CLS: tl.constexpr, HAS_BIAS: tl.constexpr,
+            HAS_AMP: tl.constexpr, GROUP: tl.constexpr, DOT_FP32: tl.constexpr, WEIGHTED: tl.constexpr,
+            WANT_MASS: tl.constexpr):
+    """Online-softmax loop over keys [lo, hi); ``WEIGHTED`` scales the value product by VAR's per-class factors.
+
+    ``l_i`` always sums the unweighted exponentials: VAR keeps rows normalised, so the final division is unchanged.
+    """
+    for start_n in range(lo, hi, BLOCK_N):
+        s, cls = block_scores(q, K_blk, skn, start_n, n_kv, offs_n, offs_d, d_ok, qpos, is_last, rows_ok,
+                              CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
+                              HEAD_DIM, BLOCK_D, CHECK_N, CAUSAL, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP,
+                              DOT_FP32)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if WANT_MASS:
+            mass = mass * alpha[:, None] + tl.dot(p, one_hot16(cls), input_precision="ieee")
+        if WEIGHTED:
+            sink = (cls & 2) != 0
+            vis = (cls & 1) != 0
+            p = p * tl.where(sink[None, :], w_sink[:, None], tl.where(vis[None, :], w_vis[:, None], 1.0))
+        keys = start_n + offs_n
+        v_ptrs = V_blk + keys[:, None] * svn + offs_d[None, :]
+        if CHECK_N:
+            if BLOCK_D == HEAD_DIM:
+                v = tl.load(v_ptrs, mask=(keys < n_kv)[:, None], other=0.0)
+            else:
+                v = tl.load(v_ptrs, mask=(keys < n_kv)[:, None] & d_ok[None, :], other=0.0)
+        else:
+            if BLOCK_D == HEAD_DIM:
+                v = tl.load(v_ptrs)
+            else:
+                v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+        if DOT_FP32:
+            acc = tl.dot(p, v.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(p.to(v.dtype), v, acc)
+        m_i = m_new
+    return acc, l_i, m_i, mass
+
+
+@triton.jit
+def _masses(l_i, m_i, S, Vs, Vns, q, lo, hi, K_blk, skn, n_kv, offs_n, offs_d, d_ok, qpos, is_last, rows_ok,
+            CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
+            HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHECK_N: tl.constexpr,
+            CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr,
+            GROUP: tl.constexpr, DOT_FP32: tl.constexpr):
+    """Scores-only pass: running normaliser and the sink / visual-sink / visual-non-sink masses, no values read."""
+    for start_n in range(lo, hi, BLOCK_N):
+        s, cls = block_scores(q, K_blk, skn, start_n, n_kv, offs_n, offs_d, d_ok, qpos, is_last, rows_ok,
+                              CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
+                              HEAD_DIM, BLOCK_D, CHECK_N, CAUSAL, HAS_MASK, True, HAS_BIAS, HAS_AMP, GROUP,
+                              DOT_FP32)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
+        sink = ((cls & 2) != 0)[None, :]
+        vis = ((cls & 1) != 0)[None, :]
+        l_i = l_i * alpha + tl.sum(p, 1)
+        S = S * alpha + tl.sum(tl.where(sink, p, 0.0), 1)
+        Vs = Vs * alpha + tl.sum(tl.where(sink & vis, p, 0.0), 1)
+        Vns = Vns * alpha + tl.sum(tl.where(vis & (~sink), p, 0.0), 1)
+        m_i = m_new
+    return l_i, m_i, S, Vs, Vns
+
+
+@triton.jit
+def fwd_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS,
+               sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, som, soh,
+               smb, smh, smm, smn, scb, scn, slb_b, slb_h, sam_b, sam_h, svp_b, svp_h, shs_b, shs_h,
+               qk_scale, var_rho, var_min_mass, M, N, H, G,
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               GROUP: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, LOAD_CLS: tl.constexpr,
+               HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr, VAR_PASS: tl.constexpr, HAS_HS: tl.constexpr,
+               WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr, DOT_FP32: tl.constexpr):
+    # Longest (causal) tiles first, so the tail of the grid is short work.
+    pid_t = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    n_hb = H // GROUP
+    b = pid_bh // n_hb
+    h0 = (pid_bh % n_hb) * GROUP
+    hk = h0 // G
+
+    rows = pid_t * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows_ok = rows < M * GROUP
+    i_row = tl.minimum(rows // GROUP, M - 1)
+    h_row = h0 + rows % GROUP
+    qpos = N - M + i_row
+    is_last = rows_ok & (i_row == M - 1)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+
+    q = tl.load(Q + b * sqb + h_row[:, None] * sqh + i_row[:, None] * sqm + offs_d[None, :],
+                mask=rows_ok[:, None] & d_ok[None, :], other=0.0)
+    if DOT_FP32:
+        q = q.to(tl.float32)
+    K_blk = K + b * skb + hk * skh
+    V_blk = V + b * svb + hk * svh
+    CLS_b = CLS + b * scb
+    MASK_row = MASK + b * smb + h_row * smh + i_row * smm
+    if GROUP == 1:
+        LB_row = LB + b * slb_b + h0 * slb_h
+        AMP_row = AMP + b * sam_b + h0 * sam_h
+    else:
+        LB_row = LB + b * slb_b + h_row * slb_h
+        AMP_row = AMP + b * sam_b + h_row * sam_h
+
+    # Keys below `mid` are visible to every row of the tile and in range: no per-element masking there.
+    if CAUSAL:
+        first_i = (pid_t * BLOCK_M) // GROUP
+        last_i = tl.minimum((pid_t * BLOCK_M + BLOCK_M - 1) // GROUP, M - 1)
+        hi = tl.minimum(N - M + last_i + 1, N)
+        mid = tl.minimum(((N - M + first_i + 1) // BLOCK_N) * BLOCK_N, hi)
+    else:
+        hi = N
+        mid = (N // BLOCK_N) * BLOCK_N
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    mass = tl.zeros([BLOCK_M, 16], dtype=tl.float32)
+    ones = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+
+    if VAR_PASS == 0:
+        acc, l_i, m_i, mass = _attend(acc, l_i, m_i, mass, q, 0, mid, K_blk, V_blk, skn, svn, N, offs_n, offs_d,
+                                      d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn,
+                                      qk_scale, ones, ones, HEAD_DIM, BLOCK_D, BLOCK_N, False, False,
+                                      HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, False, WANT_MASS)
+        acc, l_i, m_i, mass = _attend(acc, l_i, m_i, mass, q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n,
+                                      offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row,
+                                      MASK_row, smn, qk_scale, ones, ones, HEAD_DIM, BLOCK_D, BLOCK_N, True,
+                                      CAUSAL, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, False,
+                                      WANT_MASS)
+        _epilogue(acc, l_i, m_i, mass, O, HS, LSE, MASS, b, h_row, i_row, rows_ok, offs_d, d_ok, sob, som, soh,
+                  shs_b, shs_h, M, H, HAS_HS, WANT_LSE, WANT_MASS)
+    else:
+        q_cls = tl.load(CLS_b + qpos * scn).to(tl.int32)
+        p_var = tl.load(VARP + b * svp_b + h_row * svp_h)
+        eligible = rows_ok & ((q_cls & 1) == 0) & (p_var > 0)
+        n_eligible = tl.sum(eligible.to(tl.int32), 0)
+        if VAR_PASS == 1:
+            # Plain pass of a VAR launch pair: tiles with eligible rows are left to the VAR pass.
+            if n_eligible == 0:
+                acc, l_i, m_i, mass = _attend(acc, l_i, m_i, mass, q, 0, mid, K_blk, V_blk, skn, svn, N, offs_n,
+                                              offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row,
+                                              MASK_row, smn, qk_scale, ones, ones, HEAD_DIM, BLOCK_D, BLOCK_N,
+                                              False, False, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP,
+                                              DOT_FP32, False, WANT_MASS)
+                acc, l_i, m_i, mass = _attend(acc, l_i, m_i, mass, q, mid, hi, K_blk, V_blk, skn, svn, N,
+                                              offs_n, offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row,
+                                              AMP_row, MASK_row, smn, qk_scale, ones, ones, HEAD_DIM, BLOCK_D,
+                                              BLOCK_N, True, CAUSAL, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP,
+                                              DOT_FP32, False, WANT_MASS)
+                _epilogue(acc, l_i, m_i, mass, O, HS, LSE, MASS, b, h_row, i_row, rows_ok, offs_d, d_ok, sob,
+                          som, soh, shs_b, shs_h, M, H, HAS_HS, WANT_LSE, WANT_MASS)
+        else:
+            # VAR pass: only tiles holding eligible rows; a mass pre-pass, then the weighted loop.
+            if n_eligible > 0:
+                zero = tl.zeros([BLOCK_M], dtype=tl.float32)
+                ml, mm, S, Vs, Vns = _masses(zero, m_i, zero, zero, zero, q, 0, mid, K_blk, skn, N, offs_n,
+                                             offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row,
+                                             MASK_row, smn, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, False, False,
+                                             HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32)
+                ml, mm, S, Vs, Vns = _masses(ml, mm, S, Vs, Vns, q, mid, hi, K_blk, skn, N, offs_n, offs_d,
+                                             d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row,
+                                             smn, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, HAS_MASK,
+                                             HAS_BIAS, HAS_AMP, GROUP, DOT_FP32)
+                w_sink, w_vis = var_weights(ml, S, Vs, Vns, eligible, p_var, var_rho, var_min_mass)
+                acc, l_i, m_i, mass = _attend(acc, l_i, m_i, mass, q, 0, mid, K_blk, V_blk, skn, svn, N, offs_n,
+                                              offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row,
+                                              MASK_row, smn, qk_scale, w_sink, w_vis, HEAD_DIM, BLOCK_D, BLOCK_N,
+                                              False, False, HAS_MASK, True, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32,
+                                              True, WANT_MASS)
+                acc, l_i, m_i, mass = _attend(acc, l_i, m_i, mass, q, mid, hi, K_blk, V_blk, skn, svn, N,
+                                              offs_n, offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row,
+                                              AMP_row, MASK_row, smn, qk_scale, w_sink, w_vis, HEAD_DIM, BLOCK_D,
+                                              BLOCK_N, True, CAUSAL, HAS_MASK, True, HAS_BIAS, HAS_AMP, GROUP,
+                                              DOT_FP32, True, WANT_MASS)
+                _epilogue(acc, l_i, m_i, mass, O, HS, LSE, MASS, b, h_row, i_row, rows_ok, offs_d, d_ok, sob,
+                          som, soh, shs_b, shs_h, M, H, HAS_HS, WANT_LSE, WANT_MASS)
+
+
+@triton.jit
+def _epilogue(acc, l_i, m_i, mass, O, HS, LSE, MASS, b, h_row, i_row, rows_ok, offs_d, d_ok, sob, som, soh,
+              shs_b, shs_h, M, H, HAS_HS: tl.constexpr, WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr):
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    if HAS_HS:
+        out = out * tl.load(HS + b * shs_b + h_row * shs_h)[:, None]
+    tl.store(O + b * sob + i_row[:, None] * som + h_row[:, None] * soh + offs_d[None, :],
+             out.to(O.dtype.element_ty), mask=rows_ok[:, None] & d_ok[None, :])
+    stat_row = (b * H + h_row) * M + i_row
+    if WANT_LSE:
+        lse = tl.where(l_i > 0, (m_i + tl.log2(l_safe)) * LN2, float("-inf"))
+        tl.store(LSE + stat_row, lse, mask=rows_ok)
+    if WANT_MASS:
+        c = tl.arange(0, 16)
+        tl.store(MASS + stat_row[:, None] * 16 + c[None, :], mass / l_safe[:, None], mask=rows_ok[:, None])

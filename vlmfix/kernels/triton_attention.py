@@ -1,0 +1,262 @@
+"""Triton backend of ``vlmfix.kernels.attention``: same signature, return convention and semantics as ``reference``.
+
+Three launches at most. Queries of more than one row go to the fused forward kernel (``_tri_fwd``); a single query
+row (decode) goes to the split-K decode kernel, plus a combine launch when the keys are split (``_tri_decode``);
+``last_row_probs`` adds one small launch. The wrapper is on the per-layer, per-token path of host-bound generation,
+so it does no host synchronisation and allocates nothing but the output (and statistics, when asked for): the split
+workspace is cached per device and every choice is plain integer arithmetic on shapes.
+
+Set ``TRITON_INTERPRET=1`` before importing this module to run the kernels on the CPU (tests only).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import torch
+import triton
+
+from ._tri_common import LOG2E_F
+from ._tri_decode import combine_kernel, decode_kernel, last_row_kernel
+from ._tri_fwd import fwd_kernel
+from .reference import STATS, ReweightParams
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_STATS = frozenset(STATS)
+_NO_STATS = frozenset()
+
+# Launch configurations. The interpreter gets small blocks so that small test shapes still cover several tiles,
+# several key blocks and split decoding; on the GPU they are what measured fastest on an H200 (docs/kernels.md).
+# Keys: (kernel, "half" | "fp32").
+if INTERPRET:
+    CONFIGS = {
+        ("fwd", "half"): dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1),
+        ("fwd", "fp32"): dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1),
+        ("decode", "half"): dict(BLOCK_N=16, num_warps=4, num_stages=1),
+        ("decode", "fp32"): dict(BLOCK_N=16, num_warps=4, num_stages=1),
+    }
+    DECODE_SPLIT = dict(min_keys=32, keys_per_split=32, waves=1)
+else:
+    CONFIGS = {
+        ("fwd", "half"): dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+        ("fwd", "fp32"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
+        ("decode", "half"): dict(BLOCK_N=64, num_warps=4, num_stages=3),
+        ("decode", "fp32"): dict(BLOCK_N=32, num_warps=4, num_stages=2),
+    }
+    # Split the keys when a decode launch would leave most multiprocessors idle.
+    DECODE_SPLIT = dict(min_keys=1024, keys_per_split=256, waves=2)
+
+# Every allocation goes through this name so tests can hand out NaN-filled buffers and catch unwritten elements.
+_empty = torch.empty
+_sm_count: dict = {}
+_split_cache: dict = {}  # cleared by whoever edits DECODE_SPLIT
+# With VAR, the plain launch leaves tiles holding eligible rows to the VAR launch (True) or computes them anyway and
+# lets the VAR launch overwrite them (False: a loop-free plain kernel, but eligible tiles are paid twice).
+VAR_SKIP_IN_PLAIN = True
+_workspace: dict = {}
+
+
+def _num_sms(device: torch.device) -> int:
+    if INTERPRET or device.type != "cuda":
+        return 1
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    n = _sm_count.get(idx)
+    if n is None:
+        n = _sm_count[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return n
+
+
+def decode_splits(n: int, programs: int, block_n: int, device: torch.device) -> tuple[int, int]:
+    """(number of splits, keys per split); one split when the launch already fills the GPU or the row is short."""
+    key = (n, programs, block_n, device)
+    hit = _split_cache.get(key)
+    if hit is not None:
+        return hit
+    hit = _split_cache[key] = _decode_splits(n, programs, block_n, device)
+    return hit
+
+
+def _decode_splits(n: int, programs: int, block_n: int, device: torch.device) -> tuple[int, int]:
+    cfg = DECODE_SPLIT
+    if n < cfg["min_keys"]:
+        return 1, n
+    want = -(-cfg["waves"] * _num_sms(device) // programs)
+    splits = max(1, min(want, -(-n // cfg["keys_per_split"])))
+    if splits == 1:
+        return 1, n
+    chunk = -(-(-(-n // splits)) // block_n) * block_n
+    return -(-n // chunk), chunk
+
+
+def _pow2(x: int) -> int:
+    # triton.next_power_of_2 goes through triton's constexpr machinery: microseconds per call on this hot path.
+    return 1 << (x - 1).bit_length()
+
+
+def _ws(device: torch.device, name: str, numel: int) -> torch.Tensor:
+    """Grow-only scratch per device; reused across calls on the (single) stream that issues them."""
+    key = (device, name)
+    buf = _workspace.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = _workspace[key] = _empty(max(numel, 1 << 16), dtype=torch.float32, device=device)
+    return buf
+
+
+_ZERO2 = (0, 0)
+
+
+def _bh_strides(t: torch.Tensor | None) -> tuple[int, int]:
+    """Batch and head strides of a per-(batch, head) table; 0 where the table broadcasts."""
+    if t is None:
+        return _ZERO2
+    st, sh = t.stride(), t.shape
+    return (st[0] if sh[0] != 1 else 0), (st[1] if sh[1] != 1 else 0)
+
+
+def _table(t: torch.Tensor | None, last: int | None) -> torch.Tensor | None:
+    """fp32 with a unit stride on the class axis; a no-op for the tensors methods normally build."""
+    if t is None:
+        return None
+    if t.dtype != torch.float32:
+        t = t.float()
+    if last is not None and t.stride(-1) != 1:
+        t = t.contiguous()
+    return t
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, mask: torch.Tensor | None = None,
+              params: ReweightParams | None = None, want: Iterable[str] = ()) -> tuple[torch.Tensor, dict]:
+    """Re-weighted attention on the GPU (or the Triton interpreter). See ``reference.attention`` for the contract."""
+    if want:
+        want = frozenset(want)
+        if not want <= _STATS:
+            raise ValueError(f"unknown statistics {sorted(want - _STATS)}; supported: {list(STATS)}")
+    else:
+        want = _NO_STATS
+    bsz, hq, m, d = q.shape
+    hkv, n = k.shape[1], k.shape[2]
+    if hq % hkv:
+        raise ValueError(f"query heads ({hq}) must be a multiple of key/value heads ({hkv})")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"the Triton backend supports fp16/bf16/fp32 inputs, got {q.dtype}")
+    group = hq // hkv
+    qs, ks, vs = q.stride(), k.stride(), v.stride()
+    if qs[3] != 1:
+        q = q.contiguous()
+        qs = q.stride()
+    if ks[3] != 1:
+        k = k.contiguous()
+        ks = k.stride()
+    if vs[3] != 1:
+        v = v.contiguous()
+        vs = v.stride()
+    dev = q.device
+
+    cls = lb = amp = var_p = hs = None
+    rho = min_mass = 0.0
+    if params is not None and not params.is_identity:
+        cls, lb, amp, var_p, hs = params.key_class, params.log_bias, params.amp, params.var_p, params.head_scale
+        if cls is None and (lb is not None or amp is not None or var_p is not None):
+            raise ValueError("key_class is required when log_bias, amp or var_p is given")
+        lb, amp = _table(lb, 16), _table(amp, 16)
+        var_p, hs = _table(var_p, None), _table(hs, None)
+        rho, min_mass = float(params.var_rho), float(params.var_min_mass)
+    elif params is not None:
+        cls = params.key_class
+
+    want_lrp = "last_row_probs" in want
+    want_lse = "lse" in want or want_lrp
+    want_mass = "class_mass" in want or (want_lrp and var_p is not None)
+    lse = _empty((bsz, hq, m), dtype=torch.float32, device=dev) if want_lse else None
+    mass = _empty((bsz, hq, m, 16), dtype=torch.float32, device=dev) if want_mass else None
+
+    if mask is not None:
+        if mask.dtype != torch.bool:
+            raise TypeError(f"attention masks must be boolean (True = attend), got {mask.dtype}")
+        if mask.dim() == 2:
+            mask = mask.view(1, 1, *mask.shape)
+        mask_u8 = mask.view(torch.uint8)
+        ms = [mask.stride(i) if mask.shape[i] != 1 else 0 for i in range(4)]
+    else:
+        mask_u8, ms = q, [0, 0, 0, 0]
+    cs = (cls.stride(0) if cls.shape[0] != 1 else 0, cls.stride(1)) if cls is not None else (0, 0)
+    if params is not None:
+        lbs, ams, vps, hss = _bh_strides(lb), _bh_strides(amp), _bh_strides(var_p), _bh_strides(hs)
+    else:
+        lbs = ams = vps = hss = _ZERO2
+
+    load_cls = cls is not None and (lb is not None or amp is not None or want_mass)
+    common = dict(HAS_MASK=mask is not None, HAS_BIAS=lb is not None, HAS_AMP=amp is not None,
+                  HAS_HS=hs is not None, WANT_LSE=want_lse, WANT_MASS=want_mass)
+    dot_fp32 = INTERPRET or q.dtype == torch.float32
+    kind = "fp32" if q.dtype == torch.float32 else "half"
+    block_d = max(16, _pow2(d))
+    qk_scale = float(scale) * LOG2E_F
+    dummy = q
+    ptrs = (mask_u8, cls if cls is not None else dummy, lb if lb is not None else dummy,
+            amp if amp is not None else dummy, var_p if var_p is not None else dummy, hs if hs is not None else dummy,
+            lse if lse is not None else dummy, mass if mass is not None else dummy)
+    out = _empty((bsz, m, hq, d), dtype=q.dtype, device=dev)
+
+    if m == 1:
+        cfg = CONFIGS[("decode", kind)]
+        block_n = cfg["BLOCK_N"]
+        parts = 3 if var_p is not None else 1
+        block_m = max(16, _pow2(parts * group))
+        splits, chunk = decode_splits(n, bsz * hkv, block_n, dev)
+        if splits > 1:
+            rows = bsz * hkv * splits * block_m
+            ws_o = _ws(dev, "o", rows * block_d)
+            ws_s = _ws(dev, "s", rows * 4)
+            ws_m = _ws(dev, "m", rows * 16) if want_mass else ws_s
+        else:
+            ws_o = ws_s = ws_m = out
+        decode_kernel[(splits, bsz * hkv)](
+            q, k, v, out, *ptrs, ws_o, ws_s, ws_m,
+            qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], m * hq * d, d, ms[0], ms[1], ms[3], *cs, *lbs, *ams, *vps, *hss,
+            qk_scale, rho, min_mass, n, hq, group, chunk,
+            HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=block_m, SPLITS=splits, PARTS=parts, GROUP=group,
+            DOT_FP32=dot_fp32, LOAD_CLS=load_cls or var_p is not None, **common, **cfg)
+        if splits > 1:
+            combine_kernel[(bsz * hq,)](
+                out, ptrs[1], ptrs[4], ptrs[5], ptrs[6], ptrs[7], ws_o, ws_s, ws_m,
+                m * hq * d, d, *cs, *vps, *hss, rho, min_mass, n, hq, group,
+                HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=block_m, SPLITS=splits,
+                BLOCK_S=max(2, _pow2(splits)), PARTS=parts, HAS_HS=hs is not None,
+                WANT_LSE=want_lse, WANT_MASS=want_mass, num_warps=4)
+    else:
+        cfg = dict(CONFIGS[("fwd", kind)])
+        block_m = cfg["BLOCK_M"]
+        pack = group if m * group <= block_m else 1
+        grid = (triton.cdiv(m * pack, block_m), bsz * (hq // pack))
+        args = (q, k, v, out, *ptrs,
+                qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], m * hq * d, hq * d, d,
+                *ms, *cs, *lbs, *ams, *vps, *hss, qk_scale, rho, min_mass, m, n, hq, group)
+        kw = dict(HEAD_DIM=d, BLOCK_D=block_d, GROUP=pack, CAUSAL=mask is None, LOAD_CLS=load_cls,
+                  DOT_FP32=dot_fp32, **common, **cfg)
+        if var_p is None:
+            fwd_kernel[grid](*args, VAR_PASS=0, **kw)
+        else:
+            # Plain flash loop for tiles without VAR-eligible rows, then the VAR pass over the others.
+            fwd_kernel[grid](*args, VAR_PASS=1 if VAR_SKIP_IN_PLAIN else 0, **kw)
+            fwd_kernel[grid](*args, VAR_PASS=2, **kw)
+
+    stats = {}
+    if want:
+        if "lse" in want:
+            stats["lse"] = lse
+        if "class_mass" in want:
+            stats["class_mass"] = mass
+        if want_lrp:
+            lrp = _empty((bsz, hq, n), dtype=torch.float32, device=dev)
+            lcfg = CONFIGS[("decode", kind)]
+            last_row_kernel[(triton.cdiv(n, lcfg["BLOCK_N"]), bsz * hq)](
+                q, k, *ptrs[:5], lse, mass if mass is not None else dummy, lrp,
+                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                ms[0], ms[1], ms[2], ms[3], *cs, *lbs, *ams, *vps, qk_scale, rho, min_mass, m, n, hq, group,
+                HEAD_DIM=d, BLOCK_D=block_d, BLOCK_N=lcfg["BLOCK_N"], HAS_MASK=mask is not None,
+                LOAD_CLS=cls is not None, HAS_BIAS=lb is not None, HAS_AMP=amp is not None,
+                HAS_VAR=var_p is not None, num_warps=4)
+            stats["last_row_probs"] = lrp
+    return out, stats
