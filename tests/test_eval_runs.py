@@ -91,9 +91,10 @@ def test_resume_after_simulated_crash(world, reference, tmp_path, monkeypatch):
 
 
 def _env(**extra):
-    env = dict(os.environ, PYTHONPATH=str(REPO), **{k: str(v) for k, v in extra.items()})
-    env.pop("RANK", None)
-    return {**env, **{k: str(v) for k, v in extra.items()}}
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = str(REPO)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
 
 
 def test_resume_after_kill_9(world, reference, tmp_path):

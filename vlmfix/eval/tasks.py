@@ -32,16 +32,11 @@ class ModelSpec:
     device: str | None = None
     dtype: str | None = None
     device_map: str | None = None
-    loader: object = None  # tests inject a callable returning (model, processor)
 
     def load(self):
-        rank, world, local = dist_info()
+        _, _, local = dist_info()
         device = resolve_device(self.device, local)
-        if self.loader is not None:
-            model, processor = self.loader()
-        else:
-            model, processor = load_model(self.name, device=device, dtype=self.dtype,
-                                          device_map=self.device_map)
+        model, processor = load_model(self.name, device=device, dtype=self.dtype, device_map=self.device_map)
         return model, processor, device
 
 
@@ -270,6 +265,12 @@ def run_chair(*, model_spec: ModelSpec, opts: RunOptions, annotations=None, imag
     from .chair import ChairEvaluator
     from .ui import iter_progress
 
+    if annotations is None and images is None and synonyms is None:
+        # a synthetic world names its own objects; it may ship their synonyms next to its annotations
+        for cand in (default_world() / "annotations" / "synonyms.json", default_world() / "synonyms.json"):
+            if cand.is_file():
+                synonyms = cand
+                break
     annotations, images = resolve_world(annotations, images, "chair")
     if Path(annotations).is_file():
         annotations = Path(annotations).parent

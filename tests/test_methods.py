@@ -1,0 +1,157 @@
+"""Each method's *selection* inside a real model equals an independent implementation of the paper's rule:
+VAR's sinks from the residual stream, VHR's layer-by-layer vision-aware heads (Alg. 1 via o_proj hooks), and
+dual-stream's local/summary tokens from CLS attention of an eager vision tower."""
+
+from __future__ import annotations
+
+import torch
+
+import vlmfix
+from families import BUILDERS
+from vlmfix.kernels import LOCAL, SUMMARY
+
+
+def _runtime(model, kind):
+    session = vlmfix.get_patch(model).session
+    return next(rt for rt in session.runtimes if type(rt).__name__ == kind)
+
+
+def test_var_sinks_are_phi_of_each_layer_input():
+    t = BUILDERS["llava"]()
+    inputs = t.inputs(((3, 4), (1, 2)))
+    cfg = vlmfix.VAR(sink_dims=(0, 1, 2), tau=1.5, rho=0.2, min_visual_mass=0.05)
+    with vlmfix.patched(t.model, cfg):
+        with torch.no_grad():
+            out = t.model(**inputs, output_hidden_states=True)
+        sinks = _runtime(t.model, "VarRuntime").sinks
+    assert set(sinks) == set(cfg.resolve_layers(len(t.model.get_decoder().layers)))
+    for layer, got in sinks.items():
+        x = out.hidden_states[layer].double()
+        phi = (x[..., list(cfg.sink_dims)].abs() / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()).amax(-1)
+        assert torch.equal(got, phi >= cfg.tau), layer
+        assert got.any()  # the test is only meaningful when sinks exist
+
+
+def _twin_batch(t, rows, seed):
+    with_image = t.inputs(rows, seed=seed)
+    without = t.inputs(rows, seed=seed, with_image=False)
+    width = with_image["input_ids"].shape[1]
+    b = len(rows)
+    ids = torch.zeros(2 * b, width, dtype=torch.long)
+    att = torch.zeros(2 * b, width, dtype=torch.long)
+    ids[:b], att[:b] = with_image["input_ids"], with_image["attention_mask"]
+    w2 = without["input_ids"].shape[1]
+    ids[b:, width - w2:], att[b:, width - w2:] = without["input_ids"], without["attention_mask"]
+    twin = {"input_ids": ids, "attention_mask": att}
+    for k, v in with_image.items():
+        if k not in twin:
+            twin[k] = v
+    if "mm_token_type_ids" in with_image:
+        twin["mm_token_type_ids"] = (ids == t.image_token_id).long()
+    return with_image, twin
+
+
+def _manual_vhr(model, twin, layers, alpha, b):
+    """Alg. 1 with o_proj pre-hooks on the unpatched model: measure, zero outliers, keep > median, scale, go on."""
+    cfg = model.config.get_text_config()
+    n_heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    chosen, handles = {}, []
+    decoder = model.get_decoder().layers
+    for layer in layers:
+        def hook(module, args, layer=layer):
+            x = args[0]
+            xs = x.view(*x.shape[:2], n_heads, head_dim)
+            img, txt = xs[:b, -1].double(), xs[b:, -1].double()
+            vhd = (img - txt).norm(dim=-1)
+            ta = txt.pow(2).sum(-1)
+
+            def high(v):
+                return v > v.mean(-1, keepdim=True) + v.std(-1, keepdim=True)
+
+            v = torch.where(high(vhd) & high(ta), torch.zeros_like(vhd), vhd)
+            heads = v > v.median(-1, keepdim=True).values
+            chosen[layer] = heads
+            scale = (1 + (alpha - 1) * heads.double()).repeat(2, 1)
+            return ((xs.double() * scale[:, None, :, None]).to(x.dtype).view_as(x),)
+
+        handles.append(decoder[layer].self_attn.o_proj.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            model(**twin)
+    finally:
+        for h in handles:
+            h.remove()
+    return chosen
+
+
+def test_vhr_exact_heads_equal_layer_by_layer_reference():
+    for family in ("llava", "qwen2_vl"):
+        t = BUILDERS[family]()
+        rows = ((3, 4), (1, 2))
+        inputs, twin = _twin_batch(t, rows, seed=7)
+        cfg = vlmfix.VHR(alpha=2.0, mode="exact", layers=(1, 3, 4))
+        expected = _manual_vhr(t.model, twin, cfg.layers, cfg.alpha, len(rows))
+        with vlmfix.patched(t.model, cfg):
+            with torch.no_grad():
+                t.model(**inputs)
+            got = _runtime(t.model, "VhrRuntime").heads
+        assert set(got) == set(expected)
+        for layer in expected:
+            assert torch.equal(got[layer].cpu(), expected[layer]), (family, layer)
+            assert expected[layer].any()
+
+
+def test_vhr_scale_applies_to_chosen_heads_only():
+    t = BUILDERS["llava"]()
+    inputs = t.inputs(((3, 4),), seed=2)
+    cfg = vlmfix.VHR(alpha=2.0, mode="fused", layers=(2,))
+    captured = {}
+    o_proj = t.model.get_decoder().layers[2].self_attn.o_proj
+    handle = o_proj.register_forward_pre_hook(lambda m, a: captured.setdefault("x", []).append(a[0].clone()))
+    try:
+        with torch.no_grad():
+            t.model(**inputs)
+            with vlmfix.patched(t.model, cfg):
+                t.model(**inputs)
+                heads = _runtime(t.model, "VhrRuntime").heads[2][0]
+    finally:
+        handle.remove()
+    plain, scaled = (x.view(*x.shape[:2], 4, -1) for x in captured["x"])
+    factor = (scaled / plain).mean(dim=(0, 1, 3))
+    torch.testing.assert_close(factor, 1 + heads.float(), atol=1e-4, rtol=1e-4)
+
+
+def test_dual_stream_tokens_equal_cls_attention_rule():
+    t = BUILDERS["llava"]()
+    # a bigger tower grid so that top-25% and Tukey outliers are non-trivial: 6x6 patches
+    import transformers as tf
+
+    cfg = t.model.config
+    cfg.vision_config.image_size = 84
+    model = tf.LlavaForConditionalGeneration(cfg).eval()
+    n_img = 36
+    ids = torch.cat([torch.tensor([[1, 5, 6]]), torch.full((1, n_img), t.image_token_id),
+                     torch.tensor([[7, 8, 9]])], dim=1)
+    pixel = torch.randn(1, 3, 84, 84)
+    ds = vlmfix.DualStream(alpha=0.7, beta=0.4, local_ratio=0.25)
+    with vlmfix.patched(model, ds):
+        with torch.no_grad():
+            model(input_ids=ids, pixel_values=pixel)
+        bits = _runtime(model, "DualStreamRuntime").bits[0]
+    # reference: eager tower attention maps, CLS row summed over heads (layer 0 and the feature layer -2 => index 1)
+    model.set_attn_implementation({"vision_config": "eager"})
+    with torch.no_grad():
+        att = model.model.vision_tower(pixel, output_attentions=True).attentions
+    local_scores = att[0][0, :, 0, 1:].sum(0).double()
+    summary_scores = att[1][0, :, 0, 1:].sum(0).double()
+    q1, q3 = torch.quantile(summary_scores, torch.tensor([0.25, 0.75], dtype=torch.float64))
+    summary = summary_scores > q3 + 1.5 * (q3 - q1)
+    local = torch.zeros(n_img, dtype=torch.bool)
+    local[local_scores.argsort(descending=True)[: int(n_img * 0.25)]] = True
+    local &= ~summary
+    visual_bits = bits[3:3 + n_img]
+    assert torch.equal((visual_bits & LOCAL) != 0, local)
+    assert torch.equal((visual_bits & SUMMARY) != 0, summary)
+    assert local.sum() > 0
+    assert (bits[:3] == 0).all() and (bits[3 + n_img:] == 0).all()

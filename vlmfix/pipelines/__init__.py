@@ -1,0 +1,1 @@
+"""Multi-pass methods built on the patch API (CARVE)."""
