@@ -20,6 +20,7 @@ from vlmfix.demo.objects import GROUNDED, HALLUCINATED, SceneIndex, highlight
 from vlmfix.testing import tiny_llava
 
 PROMPT = "Please describe this image in detail."
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")  # gr.Warning outside a request
 N_TOKENS = 10
 
 
@@ -83,7 +84,9 @@ def test_compare_result_has_timings_heatmaps_and_hallucinations(tiny, example):
 def test_concurrent_comparisons_do_not_mix_patches(tiny, example):
     model, processor = tiny
     path, _ = example
-    plans = {"vhr": [vlmfix.VHR()], "dual": [vlmfix.DualStream(alpha=2.0, beta=2.0)], "both": ["vhr", "dual_stream"]}
+    # dual-stream on every layer, so that it also changes the recorded (middle) layer of this 2-layer model
+    dual = vlmfix.DualStream(alpha=2.0, beta=2.0, layers=(0, 1))
+    plans = {"vhr": [vlmfix.VHR()], "dual": [dual], "both": [vlmfix.VHR(alpha=3.0), dual]}
     expected = {k: compare(model, processor, path, PROMPT, m, max_new_tokens=N_TOKENS) for k, m in plans.items()}
     # the plans are distinguishable: by answer (VHR) or at least by where the answer looked (dual-stream)
     assert len({tuple(r.mitigated.token_ids) for r in expected.values()}) > 1

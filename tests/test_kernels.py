@@ -32,6 +32,7 @@ def poisoned(monkeypatch):
 
     monkeypatch.setattr(ta, "_empty", nan_empty)
     monkeypatch.setattr(ta, "_workspace", {})
+    monkeypatch.setattr(ta, "_split_cache", {})
     yield
 
 
@@ -210,6 +211,7 @@ def test_var_decode_both_branches_across_batch():
 def test_decode_split_paths(monkeypatch, splits):
     if splits == "one":
         monkeypatch.setitem(ta.DECODE_SPLIT, "min_keys", 10 ** 9)
+    assert (ta.decode_splits(70, 4, 16, torch.device("cpu"))[0] > 1) == (splits == "many")
     gen = torch.Generator().manual_seed(3)
     q, k, v, cls = inputs(2, 8, 2, 1, 70, 64, torch.float32, gen)
     check(q, k, v, scale=0.125, params=method_params("all", 2, 8, cls, gen, 1, 70, q, k, v, 0.125, None))
@@ -337,6 +339,7 @@ def test_decode_wide_group(monkeypatch, splits):
     """Six query heads per kv head: VAR's three part rows per head no longer fit 16 rows (18 -> 32)."""
     if splits == "one":
         monkeypatch.setitem(ta.DECODE_SPLIT, "min_keys", 10 ** 9)
+    assert (ta.decode_splits(50, 1, 16, torch.device("cpu"))[0] > 1) == (splits == "many")
     gen = torch.Generator().manual_seed(8)
     q, k, v, cls = inputs(1, 6, 1, 1, 50, 64, torch.float32, gen)
     check(q, k, v, scale=0.125, params=method_params("all", 1, 6, cls, gen, 1, 50, q, k, v, 0.125, None))

@@ -21,7 +21,7 @@ co-occurrence keep first-seen order (Python's stable sort, as in the official co
 from __future__ import annotations
 
 import random
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 
 from .errors import EvalInputError

@@ -7,8 +7,8 @@ recorded protocol differs from the current one, so one results file never mixes 
 
 from __future__ import annotations
 
+import json
 import platform
-import sys
 from importlib import metadata
 
 from .errors import EvalInputError
@@ -16,7 +16,7 @@ from .errors import EvalInputError
 PACKAGES = ("vlmfix", "torch", "transformers", "accelerate", "tokenizers", "pycocotools", "lemminflect", "pillow",
             "nltk")
 # Keys that may differ between an interrupted run and its resumption without changing any result.
-VOLATILE = ("versions", "world_size", "device", "device_map", "output")
+VOLATILE = ("versions", "world_size", "device", "device_map", "output", "parser")
 
 
 def package_versions() -> dict:
@@ -37,13 +37,10 @@ def method_records(cfgs) -> list[dict]:
 
 
 def check_resumable(previous: dict, current: dict):
-    """Raise if a resumed run would change a setting that affects results."""
+    """Raise if a resumed run would change a setting that affects results (compared in JSON form, as recorded)."""
+    current = json.loads(json.dumps(current))
     diff = sorted(k for k in set(previous) | set(current)
                   if k not in VOLATILE and previous.get(k) != current.get(k))
     if diff:
         raise EvalInputError(f"cannot resume: settings differ from the interrupted run in {diff}; use the same "
                              "options, another --output directory, or --overwrite")
-
-
-def argv() -> list[str]:
-    return list(sys.argv)

@@ -14,6 +14,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
+from .errors import EvalInputError
 from .io import JsonlAppender, read_jsonl, write_jsonl_atomic
 
 SHARDS = "shards"
@@ -54,7 +55,12 @@ def done_records(run_dir) -> dict[str, dict]:
         files.insert(0, run_dir / SAMPLES)
     out: dict[str, dict] = {}
     for f in files:
-        for rec in read_jsonl(f):
+        try:
+            recs = read_jsonl(f)
+        except ValueError as exc:
+            raise EvalInputError(f"{exc}: only a torn last line is expected after a crash; delete the damaged "
+                                 "line or start again with --overwrite") from None
+        for rec in recs:
             out.setdefault(rec["key"], rec)
     return out
 

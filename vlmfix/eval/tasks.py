@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import pope as P
-from .coco import image_path, load_instances, resolve_instances_file, find_annotation_files
+from .coco import find_annotation_files, image_path, load_instances, resolve_instances_file
 from .errors import EvalInputError
 from .generate import Decoding, build_prompt, generate_batch, load_image, prompt_format
 from .io import iter_records, read_jsonl, sha256_file, sha256_records, write_json_atomic, write_jsonl_atomic

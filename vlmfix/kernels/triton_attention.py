@@ -36,7 +36,7 @@ if INTERPRET:
         ("decode", "half"): dict(BLOCK_N=16, num_warps=4, num_stages=1),
         ("decode", "fp32"): dict(BLOCK_N=16, num_warps=4, num_stages=1),
     }
-    DECODE_SPLIT = dict(min_keys=32, keys_per_split=32, waves=1)
+    DECODE_SPLIT = dict(min_keys=32, keys_per_split=32, waves=64)
 else:
     CONFIGS = {
         ("fwd", "half"): dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),

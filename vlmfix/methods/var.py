@@ -53,7 +53,9 @@ class VarRuntime(MethodRuntime):
     def start_sequence(self, session, kwargs):
         self.sinks = {}
         if self.dims is None and session.seq.has_visual:
-            inputs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "use_cache")}
+            drop = ("past_key_values", "cache", "use_cache", "return_dict", "output_hidden_states",
+                    "output_attentions", "logits_to_keep")
+            inputs = {k: v for k, v in kwargs.items() if k not in drop}
             with session.suspended(), torch.no_grad():
                 report = find_sink_dims(session.model, inputs, tau=self.cfg.tau)
             self.dims = tuple(report.dims)
