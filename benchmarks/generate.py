@@ -83,7 +83,12 @@ def _no_init():
     try:
         from transformers.initialization import no_init_weights
     except ImportError:  # older releases
-        from transformers.modeling_utils import no_init_weights
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:
+            import contextlib
+
+            return contextlib.nullcontext()
     return no_init_weights()
 
 
@@ -114,7 +119,9 @@ def _build(cls, config, device, dtype):
             model = cls(config)
     finally:
         torch.set_default_dtype(old)
-    model = model.to(device=device, dtype=dtype).eval()
+    # built under the bf16 default dtype, as from_config(torch_dtype=bf16) does: float32 buffers (rotary inverse
+    # frequencies) stay float32, so no blanket .to(dtype)
+    model = model.eval()
     _fill_random(model)
     return model
 

@@ -167,14 +167,18 @@ def _fmt(r):
 
 def sweep(records):
     """Alternatives to the defaults in triton_attention, timed the same way (kept in the *_all.json file only)."""
-    ta.VAR_SKIP_IN_PLAIN = not ta.VAR_SKIP_IN_PLAIN
-    for n in (2900, 8192):
+    default = ta.VAR_LAUNCH
+    for mode in ("pair", "redo", "one"):
+        if mode == default:
+            continue
+        ta.VAR_LAUNCH = mode
         rec = []
-        prefill(n, ("var", "var_worst"), rec)
+        for n in (640, 2900, 8192):
+            prefill(n, ("var", "var_worst"), rec)
         for r in rec:
-            r["phase"], r["config"] = "sweep-prefill", dict(VAR_SKIP_IN_PLAIN=ta.VAR_SKIP_IN_PLAIN)
+            r["phase"], r["config"] = "sweep-prefill", dict(VAR_LAUNCH=mode)
         records.extend(rec)
-    ta.VAR_SKIP_IN_PLAIN = not ta.VAR_SKIP_IN_PLAIN
+    ta.VAR_LAUNCH = default
     base = dict(ta.CONFIGS[("fwd", "half")])
     ta.CONFIGS[("fwd", "half")] = dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3)
     rec = []
@@ -197,7 +201,7 @@ def main():
                 torch=torch.__version__, triton=triton.__version__, gpu=torch.cuda.get_device_name(),
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), configs={str(k): v for k, v in
                                                                                  ta.CONFIGS.items()},
-                decode_split=dict(ta.DECODE_SPLIT), var_skip_in_plain=ta.VAR_SKIP_IN_PLAIN)
+                decode_split=dict(ta.DECODE_SPLIT), var_launch=ta.VAR_LAUNCH)
     print(json.dumps(meta), flush=True)
     for n in (640, 2900, 8192):
         prefill(n, ("none", "var", "var_worst", "all"), records)

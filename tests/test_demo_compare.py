@@ -115,6 +115,19 @@ def test_concurrent_comparisons_do_not_mix_patches(tiny, example):
     assert not vlmfix.is_patched(model)
 
 
+def test_carve_side_is_the_pipeline_answer(tiny, example):
+    pytest.importorskip("vlmfix.pipelines.carve", reason="the CARVE pipeline is not in this build")
+    model, processor = tiny
+    path, truth = example
+    question = "Is there a cup in the image?"
+    res = compare(model, processor, path, question, [vlmfix.CARVE()], max_new_tokens=6, truth=truth)
+    ref = vlmfix.carve(model, processor, Image.open(path).convert("RGB"), question,
+                       config=vlmfix.CARVE(max_new_tokens=6))
+    assert res.mitigated.text == ref.answer
+    assert res.mitigated.heat_kind == "saliency" and res.mitigated.heatmap.shape == tuple(ref.saliency.shape)
+    assert res.overlays()[1] is not None and not vlmfix.is_patched(model)
+
+
 def test_bad_inputs_are_friendly(tiny, tmp_path, example):
     model, processor = tiny
     path, _ = example

@@ -57,11 +57,11 @@ def server(tmp_path_factory):
     app.close()
 
 
-def test_pick_example_compare_and_see_both_columns(server, tmp_path):
+@pytest.fixture
+def page(server):
     _require("playwright", "pip install playwright (the browser itself comes from apt: chromium)")
     from playwright.sync_api import sync_playwright
 
-    shot = tmp_path / "demo.png"
     with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
         browser = pw.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True,
                                                         args=CHROMIUM_ARGS, viewport={"width": 1440, "height": 1000})
@@ -69,24 +69,41 @@ def test_pick_example_compare_and_see_both_columns(server, tmp_path):
             page = browser.new_page()
             page.goto(server, wait_until="domcontentloaded")
             page.locator("#vf-compare").wait_for(timeout=30_000)
-            page.locator('#vf-examples [data-testid="dataset-cell-0-0"]').click()
-            page.locator("#vf-image img").wait_for(timeout=15_000)
-            page.locator("#vf-compare").click()
-            for side in ("baseline", "mitigated"):
-                page.locator(f"#vf-{side}-heat img").wait_for(timeout=60_000)
-            page.wait_for_function("document.querySelector('#vf-status').innerText.includes('Done.')",
-                                   timeout=30_000)
-            for side in ("baseline", "mitigated"):
-                assert page.locator(f"#vf-{side}-answer").inner_text().strip(), f"{side} answer is empty"
-                assert " s" in page.locator(f"#vf-{side}-stats").inner_text()  # the timing line
-            assert "VAR(" in page.locator("#vf-mitigated-stats").inner_text()
-            assert "Traceback" not in page.content()
-            page.mouse.move(0, 0)
-            page.screenshot(path=str(shot), full_page=True)
+            yield page
         finally:
             browser.close()
+
+
+def _status_contains(page, text, timeout=30_000):
+    page.wait_for_function(f"document.querySelector('#vf-status').innerText.includes({text!r})", timeout=timeout)
+
+
+def test_pick_example_compare_and_see_both_columns(page, tmp_path):
+    page.locator('#vf-examples [data-testid="dataset-cell-0-0"]').click()
+    page.locator("#vf-image img").wait_for(timeout=15_000)
+    page.locator("#vf-compare").click()
+    for side in ("baseline", "mitigated"):
+        page.locator(f"#vf-{side}-heat img").wait_for(timeout=60_000)
+    _status_contains(page, "Done.")
+    for side in ("baseline", "mitigated"):
+        assert page.locator(f"#vf-{side}-answer").inner_text().strip(), f"{side} answer is empty"
+        assert " s" in page.locator(f"#vf-{side}-stats").inner_text()  # the timing line
+    assert "VAR(" in page.locator("#vf-mitigated-stats").inner_text()
+    assert "Traceback" not in page.content()
+    page.mouse.move(0, 0)
+    shot = tmp_path / "demo.png"
+    page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     target = os.environ.get("VLMFIX_DEMO_SCREENSHOT")
     if target:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, target)
+
+
+def test_uploading_a_non_image_gives_a_message(page, tmp_path):
+    bad = tmp_path / "holiday.png"
+    bad.write_text("these are words, not pixels")
+    page.locator("#vf-image input[type=file]").set_input_files(str(bad))
+    page.locator("#vf-compare").click()
+    _status_contains(page, "not an image")
+    assert "Traceback" not in page.content()

@@ -103,10 +103,11 @@ def test_cache_roundtrip(world, tmp_path):
 def test_custom_synonyms(tmp_path):
     ann, _ = write_tiny_coco(tmp_path, {1: ["red cube"], 2: ["blue ball"]}, {1: ["a red block."]}, image_size=8)
     syn = tmp_path / "syn.json"
-    syn.write_text(json.dumps({"red cube": ["red block", "crimson cube"], "blue ball": ["blue sphere"]}))
+    syn.write_text(json.dumps({"red cube": ["red block", "crimson cube"], "blue ball": ["blue spheres"]}))
     ev = ChairEvaluator(ann, synonyms=syn, cache_dir=tmp_path)
-    res = ev.score([{"image_id": 1, "caption": "A crimson cube and a blue sphere."}])
-    assert res["captions"][0]["mentioned"] == ["red cube", "blue ball"]
+    assert ev.gt[1] == {"red cube"}
+    res = ev.score([{"image_id": 1, "caption": "A crimson cube and a blue sphere and red blocks."}])
+    assert res["captions"][0]["mentioned"] == ["red cube", "blue ball", "red cube"]  # listed plural, matched lemma
     assert res["captions"][0]["hallucinated"] == ["blue ball"]
 
 

@@ -226,3 +226,23 @@ def test_nltk_lemmatizer_needs_its_data(world, tmp_path):
 
     with pytest.raises(EvalInputError, match="nltk"):
         ChairEvaluator(ann, lemmatizer="nltk", cache_dir=tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:vlmfix VAR")
+def test_compare_with_the_real_patch(world, tmp_path):
+    """Baseline and VAR through ``vlmfix.patch``; the model is restored between method sets."""
+    import vlmfix
+
+    if getattr(vlmfix, "patch", None) is None:
+        pytest.skip("vlmfix.patch is not available yet")
+    _, ann, img, model = world
+    args = ["eval", "pope", "--model", model, "--coco-annotations", ann / "instances_val.json", "--images", img,
+            "--num-images", 2, "--max-new-tokens", 2, "--split", "adversarial", "--no-progress"]
+    r = invoke(*args, "--compare", "var", "--compare", "baseline", "--output", tmp_path / "cmp")
+    assert r.exit_code == 0, r.output
+    r = invoke(*args, "--output", tmp_path / "base")
+    assert r.exit_code == 0, r.output
+    cmp = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert [m["method"] for m in cmp["var"]["protocol"]["methods"]] == ["var"]
+    base = json.loads((tmp_path / "base" / "baseline" / "results.json").read_text())
+    assert cmp["baseline"]["splits"] == base["splits"]  # run after VAR: unpatch gave the original model back

@@ -324,10 +324,10 @@ def test_reference_log_bias_is_renormalised_multiplicative_weight():
     assert math.isclose(float(out.transpose(1, 2)[..., (cls[0] == (LOCAL | VISUAL))].abs().sum()), 0.0)
 
 
-@pytest.mark.parametrize("skip", [True, False])
-def test_var_plain_pass_modes(monkeypatch, skip):
-    """Both ways of sharing tiles between the plain and the VAR launch give the same result."""
-    monkeypatch.setattr(ta, "VAR_SKIP_IN_PLAIN", skip)
+@pytest.mark.parametrize("mode", ["pair", "redo", "one"])
+def test_var_launch_modes(monkeypatch, mode):
+    """Every way of sharing tiles between the plain and the VAR path gives the same result."""
+    monkeypatch.setattr(ta, "VAR_LAUNCH", mode)
     gen = torch.Generator().manual_seed(21)
     q, k, v, cls = inputs(1, 4, 2, 37, 37, 64, torch.float32, gen)
     params = method_params("var", 1, 4, cls, gen, 37, 37, q, k, v, 0.125, None)

@@ -32,7 +32,7 @@ log = logging.getLogger("vlmfix.demo")
 DEFAULT_PROMPT = "Please describe this image in detail."
 COLORS = {HALLUCINATED: "#ef4444", GROUNDED: "#22c55e"}
 CSS = """
-.vf-answer { min-height: 7.5em; }
+.vf-answer { height: 11em; overflow-y: auto; }  /* fixed, so the two heat maps line up */
 .vf-stats p { font-size: 0.9em; margin: 0; }
 #vf-status p { margin: 0.2em 0; }
 footer { display: none !important; }
@@ -97,15 +97,15 @@ def build_app(model, processor, *, scenes: SceneIndex | None = None, examples: l
                    _stats(mit, label), side_overlay(mit.result, scale), _summary(base.result, mit.result, truth))
         except DemoInputError as exc:
             gr.Warning(str(exc))
-            yield (skip, skip, skip, skip, skip, skip, f"⚠️ {exc}")
+            yield (skip, skip, skip, skip, skip, skip, f"**Note:** {exc}")
         except ValueError as exc:  # a method config rejected a slider value
             gr.Warning(str(exc))
-            yield (skip, skip, skip, skip, skip, skip, f"⚠️ {exc}")
+            yield (skip, skip, skip, skip, skip, skip, f"**Note:** {exc}")
         except Exception as exc:  # never a traceback in the page; the server log keeps it
             log.exception("comparison failed")
             msg = f"Generation failed ({type(exc).__name__}: {exc}). The server log has the details."
             gr.Warning(msg)
-            yield (skip, skip, skip, skip, skip, skip, f"❌ {msg}")
+            yield (skip, skip, skip, skip, skip, skip, f"**Error:** {msg}")
 
     with gr.Blocks(title="vlmfix: baseline vs. mitigated", analytics_enabled=False) as app:
         gr.Markdown("## vlmfix: the same question, with and without hallucination mitigation\n"
@@ -173,7 +173,7 @@ def _method_controls(gr) -> dict:
                                         info="exact: the paper's extra image-free pass; fused: one pass, approximate")
     available = M.carve_available()
     carve = gr.Checkbox(value=False, label=M.TITLES["carve"], interactive=available, elem_id="vf-use-carve",
-                        info=("a three-pass pipeline; replaces the methods above when ticked" if available else
+                        info=("a three-pass VQA pipeline (short answers); replaces the methods above when ticked" if available else
                               "not available in this build (vlmfix.pipelines.carve is missing)"))
     s = sliders
     inputs = [boxes["var"], s[("var", "p")], s[("var", "rho")], boxes["vhr"], s[("vhr", "alpha")], vhr_mode,
@@ -187,10 +187,10 @@ def _answer_column(gr, title: str, key: str):
         gr.Markdown(f"### {title}")
         text = gr.HighlightedText(label="Answer", color_map=COLORS, show_legend=True, combine_adjacent=False,
                                   elem_id=f"vf-{key}-answer", elem_classes=["vf-answer"])
-        stats = gr.Markdown("", elem_id=f"vf-{key}-stats", elem_classes=["vf-stats"])
         heat = gr.Image(label="Where the answer looked", type="pil", interactive=False, height=300,
                         elem_id=f"vf-{key}-heat", buttons=["download", "fullscreen"])
-    return text, stats, heat
+        stats = gr.Markdown("", elem_id=f"vf-{key}-stats", elem_classes=["vf-stats"])
+    return text, stats, heat  # the order of on_compare's outputs, not of the layout
 
 
 def _upload_path(record, example_root: Path | None) -> str | None:
@@ -217,18 +217,18 @@ def _segments(progress, truth):
 
 
 def _stats(progress, label: str | None = None) -> str:
-    head = f"**{label}**  \n" if label else ""
+    head = f"**{label or 'unmodified model'}** · "
     if progress.seconds is None:
         return head + "_waiting for the model…_"
     if not progress.done:
         return head + f"_generating… {progress.seconds:.1f} s_"
     r = progress.result
-    parts = [f"⏱ **{r.seconds:.2f} s**"]
+    parts = [f"**{r.seconds:.2f} s**"]
     if r.n_tokens:
         parts.append(f"{r.n_tokens} tokens · {r.n_tokens / max(r.seconds, 1e-9):.1f} tok/s")
     if r.image_share is not None:
         parts.append(f"{100 * r.image_share:.0f}% of attention on the image")
-    notes = "".join(f"  \nℹ️ {n}" for n in r.notes)
+    notes = "".join(f"  \n_Note: {n}_" for n in r.notes)
     return head + " · ".join(parts) + notes
 
 

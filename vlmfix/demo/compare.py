@@ -136,6 +136,7 @@ class SideResult:
     mentions: list[Mention] = field(default_factory=list)
     hallucinated: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    heat_kind: str = "attention"  # or "saliency" (CARVE's map: a ratio, never put on the attention colour scale)
 
     @property
     def n_tokens(self) -> int:
@@ -173,7 +174,8 @@ class CompareResult:
 def shared_scale(*sides: SideResult) -> tuple[float, float]:
     """One (low, high) colour range for all maps: the 1st and 99th percentiles, so a single attention-sink patch
     does not wash the rest of the map out."""
-    values = [s.heatmap.ravel() for s in sides if s is not None and s.heatmap is not None]
+    values = [s.heatmap.ravel() for s in sides
+              if s is not None and s.heatmap is not None and s.heat_kind == "attention"]
     if not values:
         return 0.0, 1.0
     lo, hi = np.percentile(np.concatenate(values), [1, 99])
@@ -183,7 +185,9 @@ def shared_scale(*sides: SideResult) -> tuple[float, float]:
 def side_overlay(side: SideResult | None, scale: tuple[float, float] | None = None) -> Image.Image | None:
     if side is None or side.heatmap is None or side.view is None:
         return None
-    return hm.overlay(side.view, side.heatmap, scale=scale if scale is not None else shared_scale(side))
+    if side.heat_kind != "attention" or scale is None:
+        scale = shared_scale(side) if side.heat_kind == "attention" else None  # None: the map's own range
+    return hm.overlay(side.view, side.heatmap, scale=scale)
 
 
 # ------------------------------------------------------------------------------------------------------ running
@@ -239,11 +243,14 @@ def stream_side(model, processor, image, prompt, methods=(), *, label=None, max_
     yield Progress(text=final, seconds=result.seconds, result=result)
 
 
+_ALREADY_PATCHED = ("The loaded model is already patched outside the demo; unpatch it (vlmfix.unpatch) so the "
+                    "baseline column really is the unmodified model.")
+
+
 def _generate(model, inputs, methods, max_new_tokens, streamer, layers):
     """patch -> record -> generate -> unpatch; the caller holds the model's lock."""
     if _patches.is_patched(model):
-        raise DemoInputError("The loaded model is already patched outside the demo; unpatch it (vlmfix.unpatch) "
-                             "so the baseline column really is the unmodified model.")
+        raise DemoInputError(_ALREADY_PATCHED)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ctx = _patches.patched(model, *methods) if methods else contextlib.nullcontext()
@@ -255,22 +262,31 @@ def _generate(model, inputs, methods, max_new_tokens, streamer, layers):
 
 
 def _stream_carve(model, processor, image, prompt, methods, label, max_new_tokens, truth):
-    """CARVE runs three passes itself and returns only the final answer, so this side does not stream."""
+    """CARVE runs three passes itself and returns only the final answer, so this side does not stream. Its heat map
+    is its own contrastive saliency (question attention over general attention), the map that chose the regions
+    the final pass saw, on its own colour scale: it is a ratio, not an attention share."""
+    import dataclasses
+
     import vlmfix
 
-    cfg = next(m for m in methods if isinstance(m, CARVE))
+    cfg = dataclasses.replace(next(m for m in methods if isinstance(m, CARVE)), max_new_tokens=max_new_tokens)
     yield Progress()
     with model_lock(model):
+        if _patches.is_patched(model):
+            raise DemoInputError(_ALREADY_PATCHED)
         t0 = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             out = vlmfix.carve(model, processor, image, prompt, config=cfg)
         seconds = time.perf_counter() - t0
-    text = out if isinstance(out, str) else getattr(out, "answer", None) or getattr(out, "text", None) or str(out)
-    notes = [str(w.message) for w in caught if str(w.message).startswith("vlmfix")]
-    notes.append("CARVE answers after its three passes, so it does not stream and has no heat map here.")
-    result = SideResult(label=label, methods=methods, text=text.strip(), token_ids=[], seconds=seconds,
-                        view=hm.model_view(image, processor), notes=notes)
+    notes = list(dict.fromkeys(str(w.message) for w in caught if str(w.message).startswith("vlmfix")))
+    notes.append("CARVE answers after its three passes (no streaming); the heat map is its saliency map, on its own "
+                 "colour scale.")
+    result = SideResult(label=label, methods=(cfg,), text=out.answer.strip(), token_ids=[], seconds=seconds,
+                        view=image, notes=notes, heat_kind="saliency")
+    saliency = getattr(out, "saliency", None)
+    if saliency is not None:
+        result.heatmap = saliency.detach().float().cpu().numpy()
     _attach_truth(result, truth)
     yield Progress(text=result.text, seconds=seconds, result=result)
 

@@ -117,9 +117,22 @@ class CaptionParser:
     """Caption → (vocabulary words, node words, merged tokens), the reference's ``caption_to_words``."""
 
     def __init__(self, vocab: Vocabulary, lemmatizer: str = "lemminflect"):
-        self.vocab = vocab
         self.lemmatizer = lemmatizer
         self._lemmas = make_lemmatizer(lemmatizer, phrases=frozenset(vocab.phrases))
+        self.vocab = vocab if vocab.coco_rules else self._with_lemma_forms(vocab)
+
+    def _with_lemma_forms(self, vocab: Vocabulary) -> Vocabulary:
+        """A custom table may list only inflected forms ("mugs"); captions are matched after lemmatising, so the
+        lemmatised form of every entry is added too (the COCO table is used exactly as the reference has it)."""
+        inverse, phrases = dict(vocab.inverse), dict(vocab.phrases)
+        for entry, cat in vocab.inverse.items():
+            lemma = " ".join(self._lemmas(entry))
+            if lemma and lemma not in inverse:
+                inverse[lemma] = cat
+                if " " in lemma:
+                    phrases[lemma] = lemma
+        max_phrase = max([len(p.split()) for p in phrases] or [2])
+        return Vocabulary(inverse, phrases, max_phrase, False, vocab.source)
 
     def __call__(self, caption: str):
         words = self._lemmas(caption)
@@ -251,11 +264,12 @@ class ChairEvaluator:
 
     def __init__(self, annotations, *, synonyms=None, lemmatizer: str = "lemminflect", cache_dir=None,
                  use_cache: bool = True, progress=None):
-        self.vocab = vocabulary_from_file(synonyms) if synonyms else coco_vocabulary()
+        vocab = vocabulary_from_file(synonyms) if synonyms else coco_vocabulary()
         try:
-            self.parser = CaptionParser(self.vocab, lemmatizer)
+            self.parser = CaptionParser(vocab, lemmatizer)
         except (RuntimeError, ValueError) as exc:
             raise EvalInputError(str(exc)) from None
+        self.vocab = self.parser.vocab
         self.annotations = str(annotations)
         self.gt = build_ground_truth(annotations, self.vocab, self.parser, cache_dir=cache_dir,
                                      use_cache=use_cache, progress=progress)

@@ -60,7 +60,10 @@ def load_model(name: str, device: str = "cpu", dtype=None, device_map: str | Non
         except ImportError:
             raise EvalInputError("the testbed model is not available in this installation yet "
                                  "(vlmfix.testbed.load_model); pass --model <hub id or local path>") from None
-        model, processor = testbed_load(device=device, dtype=dtype)
+        try:
+            model, processor = testbed_load(device=device, dtype=dtype)
+        except FileNotFoundError as exc:
+            raise EvalInputError(f"the testbed model cannot be loaded: {exc}") from None
         return model.eval(), processor
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 

@@ -2,9 +2,10 @@
 
 VAR needs each row's final class masses before it can weight the values. Rather than paying for that on every tile,
 a tile first checks whether any of its rows can be affected (a non-visual query token in a head with ``var_p > 0``).
-Only such tiles run a cheap mass pre-pass (scores and exponentials, no value product) and then the weighted main
-loop; every other tile runs the plain flash loop. In prompts only the text after the image qualifies, so a couple
-of tiles pay about 1.5x and the rest nothing. ``docs/kernels.md`` has the accounting.
+Only such tiles run a mass pre-pass (scores and exponentials, no value product) and then the weighted main loop;
+every other tile runs the plain flash loop. In prompts only the text around the image qualifies, so a few tiles pay
+the extra pass and the rest nothing. ``VAR_PASS`` selects how tiles are split between launches (0: no VAR; 1 and 2:
+the plain and the VAR half of a two-launch pair; 3: both paths in one launch). ``docs/kernels.md`` has the accounting.
 """
 
 import triton
@@ -139,69 +140,101 @@ def fwd_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS,
         hi = N
         mid = (N // BLOCK_N) * BLOCK_N
 
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    mass = tl.zeros([BLOCK_M, 16], dtype=tl.float32)
-    ones = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
-
     if VAR_PASS == 0:
-        acc, l_i, m_i, mass = _attend(acc, l_i, m_i, mass, q, 0, mid, K_blk, V_blk, skn, svn, N, offs_n, offs_d,
-                                      d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn,
-                                      qk_scale, ones, ones, HEAD_DIM, BLOCK_D, BLOCK_N, False, False,
-                                      HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, False, WANT_MASS)
-        acc, l_i, m_i, mass = _attend(acc, l_i, m_i, mass, q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n,
-                                      offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row,
-                                      MASK_row, smn, qk_scale, ones, ones, HEAD_DIM, BLOCK_D, BLOCK_N, True,
-                                      CAUSAL, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, False,
-                                      WANT_MASS)
-        _epilogue(acc, l_i, m_i, mass, O, HS, LSE, MASS, b, h_row, i_row, rows_ok, offs_d, d_ok, sob, som, soh,
-                  shs_b, shs_h, M, H, HAS_HS, WANT_LSE, WANT_MASS)
+        _plain_tile(q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn,
+                    LB_row, AMP_row, MASK_row, smn, qk_scale, O, HS, LSE, MASS, b, h_row, i_row, sob, som, soh,
+                    shs_b, shs_h, M, H, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, CAUSAL, HAS_MASK, LOAD_CLS, HAS_BIAS,
+                    HAS_AMP, GROUP, DOT_FP32, HAS_HS, WANT_LSE, WANT_MASS)
     else:
         q_cls = tl.load(CLS_b + qpos * scn).to(tl.int32)
         p_var = tl.load(VARP + b * svp_b + h_row * svp_h)
         eligible = rows_ok & ((q_cls & 1) == 0) & (p_var > 0)
         n_eligible = tl.sum(eligible.to(tl.int32), 0)
         if VAR_PASS == 1:
-            # Plain pass of a VAR launch pair: tiles with eligible rows are left to the VAR pass.
+            # First of two launches: tiles holding eligible rows are left to the second.
             if n_eligible == 0:
-                acc, l_i, m_i, mass = _attend(acc, l_i, m_i, mass, q, 0, mid, K_blk, V_blk, skn, svn, N, offs_n,
-                                              offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row,
-                                              MASK_row, smn, qk_scale, ones, ones, HEAD_DIM, BLOCK_D, BLOCK_N,
-                                              False, False, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP,
-                                              DOT_FP32, False, WANT_MASS)
-                acc, l_i, m_i, mass = _attend(acc, l_i, m_i, mass, q, mid, hi, K_blk, V_blk, skn, svn, N,
-                                              offs_n, offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row,
-                                              AMP_row, MASK_row, smn, qk_scale, ones, ones, HEAD_DIM, BLOCK_D,
-                                              BLOCK_N, True, CAUSAL, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP,
-                                              DOT_FP32, False, WANT_MASS)
-                _epilogue(acc, l_i, m_i, mass, O, HS, LSE, MASS, b, h_row, i_row, rows_ok, offs_d, d_ok, sob,
-                          som, soh, shs_b, shs_h, M, H, HAS_HS, WANT_LSE, WANT_MASS)
-        else:
-            # VAR pass: only tiles holding eligible rows; a mass pre-pass, then the weighted loop.
+                _plain_tile(q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos, is_last, rows_ok,
+                            CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, O, HS, LSE, MASS, b, h_row, i_row,
+                            sob, som, soh, shs_b, shs_h, M, H, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, CAUSAL,
+                            HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, HAS_HS, WANT_LSE, WANT_MASS)
+        elif VAR_PASS == 2:
+            # Second launch: only tiles holding eligible rows.
             if n_eligible > 0:
-                zero = tl.zeros([BLOCK_M], dtype=tl.float32)
-                ml, mm, S, Vs, Vns = _masses(zero, m_i, zero, zero, zero, q, 0, mid, K_blk, skn, N, offs_n,
-                                             offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row,
-                                             MASK_row, smn, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, False, False,
-                                             HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32)
-                ml, mm, S, Vs, Vns = _masses(ml, mm, S, Vs, Vns, q, mid, hi, K_blk, skn, N, offs_n, offs_d,
-                                             d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row,
-                                             smn, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, HAS_MASK,
-                                             HAS_BIAS, HAS_AMP, GROUP, DOT_FP32)
-                w_sink, w_vis = var_weights(ml, S, Vs, Vns, eligible, p_var, var_rho, var_min_mass)
-                acc, l_i, m_i, mass = _attend(acc, l_i, m_i, mass, q, 0, mid, K_blk, V_blk, skn, svn, N, offs_n,
-                                              offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row,
-                                              MASK_row, smn, qk_scale, w_sink, w_vis, HEAD_DIM, BLOCK_D, BLOCK_N,
-                                              False, False, HAS_MASK, True, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32,
-                                              True, WANT_MASS)
-                acc, l_i, m_i, mass = _attend(acc, l_i, m_i, mass, q, mid, hi, K_blk, V_blk, skn, svn, N,
-                                              offs_n, offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row,
-                                              AMP_row, MASK_row, smn, qk_scale, w_sink, w_vis, HEAD_DIM, BLOCK_D,
-                                              BLOCK_N, True, CAUSAL, HAS_MASK, True, HAS_BIAS, HAS_AMP, GROUP,
-                                              DOT_FP32, True, WANT_MASS)
-                _epilogue(acc, l_i, m_i, mass, O, HS, LSE, MASS, b, h_row, i_row, rows_ok, offs_d, d_ok, sob,
-                          som, soh, shs_b, shs_h, M, H, HAS_HS, WANT_LSE, WANT_MASS)
+                _var_tile(q, eligible, p_var, var_rho, var_min_mass, mid, hi, K_blk, V_blk, skn, svn, N, offs_n,
+                          offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn,
+                          qk_scale, O, HS, LSE, MASS, b, h_row, i_row, sob, som, soh, shs_b, shs_h, M, H, HEAD_DIM,
+                          BLOCK_D, BLOCK_M, BLOCK_N, CAUSAL, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, HAS_HS,
+                          WANT_LSE, WANT_MASS)
+        else:
+            # One launch: each tile takes its own path.
+            if n_eligible > 0:
+                _var_tile(q, eligible, p_var, var_rho, var_min_mass, mid, hi, K_blk, V_blk, skn, svn, N, offs_n,
+                          offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn,
+                          qk_scale, O, HS, LSE, MASS, b, h_row, i_row, sob, som, soh, shs_b, shs_h, M, H, HEAD_DIM,
+                          BLOCK_D, BLOCK_M, BLOCK_N, CAUSAL, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, HAS_HS,
+                          WANT_LSE, WANT_MASS)
+            else:
+                _plain_tile(q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos, is_last, rows_ok,
+                            CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, O, HS, LSE, MASS, b, h_row, i_row,
+                            sob, som, soh, shs_b, shs_h, M, H, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, CAUSAL,
+                            HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, HAS_HS, WANT_LSE, WANT_MASS)
+
+
+@triton.jit
+def _plain_tile(q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn,
+                LB_row, AMP_row, MASK_row, smn, qk_scale, O, HS, LSE, MASS, b, h_row, i_row, sob, som, soh,
+                shs_b, shs_h, M, H, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, LOAD_CLS: tl.constexpr,
+                HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr, GROUP: tl.constexpr, DOT_FP32: tl.constexpr,
+                HAS_HS: tl.constexpr, WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr):
+    """The flash loop: keys below ``mid`` unmasked, then the masked remainder up to ``hi``."""
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    mass = tl.zeros([BLOCK_M, 16], dtype=tl.float32)
+    ones = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+    acc, l_i, m_i, mass = _attend(acc, l_i, m_i, mass, q, 0, mid, K_blk, V_blk, skn, svn, N, offs_n, offs_d,
+                                  d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn,
+                                  qk_scale, ones, ones, HEAD_DIM, BLOCK_D, BLOCK_N, False, False,
+                                  HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, False, WANT_MASS)
+    acc, l_i, m_i, mass = _attend(acc, l_i, m_i, mass, q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n,
+                                  offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row,
+                                  MASK_row, smn, qk_scale, ones, ones, HEAD_DIM, BLOCK_D, BLOCK_N, True,
+                                  CAUSAL, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, False,
+                                  WANT_MASS)
+    _epilogue(acc, l_i, m_i, mass, O, HS, LSE, MASS, b, h_row, i_row, rows_ok, offs_d, d_ok, sob, som, soh,
+              shs_b, shs_h, M, H, HAS_HS, WANT_LSE, WANT_MASS)
+
+
+@triton.jit
+def _var_tile(q, eligible, p_var, var_rho, var_min_mass, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
+              qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, O, HS, LSE, MASS, b,
+              h_row, i_row, sob, som, soh, shs_b, shs_h, M, H, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+              HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr, GROUP: tl.constexpr, DOT_FP32: tl.constexpr,
+              HAS_HS: tl.constexpr, WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr):
+    """Mass pre-pass (decides VAR per row), then the flash loop with VAR's per-class weights on the values."""
+    zero = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    ml, mm, S, Vs, Vns = _masses(zero, m_i, zero, zero, zero, q, 0, mid, K_blk, skn, N, offs_n, offs_d, d_ok, qpos,
+                                 is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM,
+                                 BLOCK_D, BLOCK_N, False, False, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32)
+    ml, mm, S, Vs, Vns = _masses(ml, mm, S, Vs, Vns, q, mid, hi, K_blk, skn, N, offs_n, offs_d, d_ok, qpos,
+                                 is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM,
+                                 BLOCK_D, BLOCK_N, True, CAUSAL, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32)
+    w_sink, w_vis = var_weights(ml, S, Vs, Vns, eligible, p_var, var_rho, var_min_mass)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    mass = tl.zeros([BLOCK_M, 16], dtype=tl.float32)
+    acc, l_i, m_i, mass = _attend(acc, zero, m_i, mass, q, 0, mid, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
+                                  qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
+                                  w_sink, w_vis, HEAD_DIM, BLOCK_D, BLOCK_N, False, False, HAS_MASK, True, HAS_BIAS,
+                                  HAS_AMP, GROUP, DOT_FP32, True, WANT_MASS)
+    acc, l_i, m_i, mass = _attend(acc, l_i, m_i, mass, q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
+                                  qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
+                                  w_sink, w_vis, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, HAS_MASK, True, HAS_BIAS,
+                                  HAS_AMP, GROUP, DOT_FP32, True, WANT_MASS)
+    _epilogue(acc, l_i, m_i, mass, O, HS, LSE, MASS, b, h_row, i_row, rows_ok, offs_d, d_ok, sob, som, soh,
+              shs_b, shs_h, M, H, HAS_HS, WANT_LSE, WANT_MASS)
 
 
 @triton.jit

@@ -51,9 +51,11 @@ else:
 _empty = torch.empty
 _sm_count: dict = {}
 _split_cache: dict = {}  # cleared by whoever edits DECODE_SPLIT
-# With VAR, the plain launch leaves tiles holding eligible rows to the VAR launch (True) or computes them anyway and
-# lets the VAR launch overwrite them (False: a loop-free plain kernel, but eligible tiles are paid twice).
-VAR_SKIP_IN_PLAIN = True
+# How a prefill with VAR splits its tiles between launches (measured on an H200, docs/kernels.md):
+# "pair": plain launch skipping VAR tiles + VAR launch over them (the default, kernels_h200.json);
+# "redo": plain launch computing every tile + VAR launch overwriting VAR tiles (slower: VAR tiles paid twice);
+# "one":  a single launch, each tile on its own path (half the launch overhead: better for short prompts).
+VAR_LAUNCH = "pair"
 _workspace: dict = {}
 
 
@@ -237,9 +239,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
                   DOT_FP32=dot_fp32, **common, **cfg)
         if var_p is None:
             fwd_kernel[grid](*args, VAR_PASS=0, **kw)
+        elif VAR_LAUNCH == "one":
+            fwd_kernel[grid](*args, VAR_PASS=3, **kw)
         else:
             # Plain flash loop for tiles without VAR-eligible rows, then the VAR pass over the others.
-            fwd_kernel[grid](*args, VAR_PASS=1 if VAR_SKIP_IN_PLAIN else 0, **kw)
+            fwd_kernel[grid](*args, VAR_PASS=1 if VAR_LAUNCH == "pair" else 0, **kw)
             fwd_kernel[grid](*args, VAR_PASS=2, **kw)
 
     stats = {}

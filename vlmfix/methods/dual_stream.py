@@ -56,8 +56,6 @@ class DualStreamRuntime(MethodRuntime):
 
     def extend_sequence(self, session, n_new):
         self.scores = {"local": [], "summary": []}  # a cache-free step re-runs the tower: selection stays
-        if self.bits is not None:
-            self.bits = torch.cat([self.bits, self.bits.new_zeros(self.bits.shape[0], n_new)], dim=1)
 
     def _finalize(self, session):
         seq = session.seq
@@ -89,6 +87,8 @@ class DualStreamRuntime(MethodRuntime):
             loc = local_tokens(local_full[row][keep][None], self.cfg.local_ratio)[0]
             summ = summary_tokens(summary_full[row][keep][None])[0]
             self.bits[row, keep.nonzero().squeeze(1)] = (loc & ~summ).int() * LOCAL + summ.int() * SUMMARY
+        # the selection is part of the sequence from now on: decode steps append plain classes after it
+        seq.classes = seq.classes | self.bits
 
     def _amp_table(self, b, h, device):
         if self._amp is None or self._amp.shape[:2] != (b, h) or self._amp.device != device:
@@ -102,10 +102,11 @@ class DualStreamRuntime(MethodRuntime):
         return self._amp
 
     def contribute(self, call):
+        kv_len = call.key.shape[2]
         if self.bits is None:
             self._finalize(call.session)
-        kv_len = call.key.shape[2]
-        call.classes |= self.bits[:, -kv_len:]
+            classes = call.session.seq.classes
+            call.classes = classes if classes.shape[1] == kv_len else classes[:, -kv_len:]
         call.params.key_class = call.classes
         b, h = call.query.shape[:2]
         call.params.amp = self._amp_table(b, h, call.query.device)

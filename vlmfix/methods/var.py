@@ -25,6 +25,7 @@ class VarRuntime(MethodRuntime):
             raise ValueError(f"VAR sink_dims {self.dims} out of range for hidden size {hidden}")
         self.sinks: dict[int, torch.Tensor] = {}
         self._warned = False
+        self._var_p = None
 
     def install(self, session):
         handles = []
@@ -71,9 +72,12 @@ class VarRuntime(MethodRuntime):
             return
         kv_len = call.key.shape[2]
         sinks = sinks[:, -kv_len:]
-        call.classes |= sinks.to(call.classes.dtype) * SINK
+        call.classes = call.classes | (sinks.to(call.classes.dtype) * SINK)
         b, h = call.query.shape[:2]
-        var_p = torch.full((b, h), self.cfg.moved_fraction, dtype=torch.float32, device=call.query.device)
+        var_p = self._var_p
+        if var_p is None or var_p.shape != (b, h) or var_p.device != call.query.device:
+            var_p = self._var_p = torch.full((b, h), self.cfg.moved_fraction, dtype=torch.float32,
+                                             device=call.query.device)
         if self.cfg.compat:  # the official code leaves a layer alone in a sample without any visual sink
             has_visual_sink = (sinks & ((call.classes & VISUAL) != 0)).any(dim=1)
             var_p = var_p * has_visual_sink.unsqueeze(1)

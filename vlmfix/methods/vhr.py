@@ -26,11 +26,12 @@ class VhrRuntime(MethodRuntime):
         self.heads: dict[int, torch.Tensor] = {}
         self.selecting_rows: int | None = None  # batch size of the real rows while the exact selection pass runs
         self.vhd: dict[int, torch.Tensor] = {}
+        self.scales: dict[int, torch.Tensor] = {}  # per layer (B, H) head scale, made once per sequence
 
     def start_sequence(self, session, kwargs):
         if self.selecting_rows is not None:
             return  # the selection pass itself: heads are being chosen layer by layer
-        self.heads, self.vhd = {}, {}
+        self.heads, self.vhd, self.scales = {}, {}, {}
         if self.cfg.mode != "exact" or not session.seq.has_visual:
             return
         pad = getattr(self.adapter.text_config(), "pad_token_id", None)
@@ -67,9 +68,11 @@ class VhrRuntime(MethodRuntime):
             return
         if layer not in self.heads and call.session.seq.new_sequence and self.cfg.mode == "fused":
             self._fused_select(call)
-        heads = self.heads.get(layer)
-        if heads is not None and heads.shape[0] == call.query.shape[0]:
-            call.params.head_scale = self._scale(heads).to(call.query.device)
+        scale = self.scales.get(layer)
+        if scale is None and layer in self.heads:
+            scale = self.scales[layer] = self._scale(self.heads[layer]).to(call.query.device)
+        if scale is not None and scale.shape[0] == call.query.shape[0]:
+            call.params.head_scale = scale
 
     def _fused_select(self, call):
         q_last = call.query[:, :, -1:]

@@ -182,22 +182,26 @@ class PatchSession:
         if attention_mask is not None:
             if attention_mask.dtype != torch.bool:
                 attention_mask = attention_mask > torch.finfo(attention_mask.dtype).min / 2
-            attention_mask = attention_mask[:, :, :, :kv_len]
-        classes = seq.classes[:, -kv_len:] if seq.classes.shape[1] >= kv_len else None
-        if classes is None:
-            raise RuntimeError(f"vlmfix: layer {layer} got {kv_len} keys but only {seq.classes.shape[1]} positions "
-                               "were seen; was the model called with a cache the patch did not see being filled?")
-        call = LayerCall(layer=layer, query=query, key=key, value=value, mask=attention_mask,
-                         scale=scaling if scaling is not None else module.scaling, classes=classes.clone(),
-                         params=ReweightParams(), session=self)
+            if attention_mask.shape[-1] != kv_len:
+                attention_mask = attention_mask[:, :, :, :kv_len]
+        classes = seq.classes
+        if classes.shape[1] != kv_len:
+            if classes.shape[1] < kv_len:
+                raise RuntimeError(f"vlmfix: layer {layer} got {kv_len} keys but only {classes.shape[1]} positions "
+                                   "were seen; was the model called with a cache the patch did not see filled?")
+            classes = classes[:, -kv_len:]  # sliding-window layers keep only the last keys
+        # methods never write into ``classes`` in place (it is the shared sequence state): they rebind call.classes
+        call = LayerCall(layer, query, key, value, attention_mask, scaling if scaling is not None else module.scaling,
+                         classes, ReweightParams(), self)
         for rt in self.contributors:
             if layer in rt.layers:
                 rt.contribute(call)
         params = call.params
-        if params.key_class is None and not params.is_identity:
+        want = ()
+        if recording:
+            want = ("last_row_probs",)
             params.key_class = call.classes
-        want = ("last_row_probs",) if recording else ()
-        if params.key_class is None and recording:
+        elif params.key_class is None and not params.is_identity:
             params.key_class = call.classes
         out, stats = kernel_attention(query, key, value, scale=call.scale, mask=attention_mask, params=params,
                                       want=want, backend=self.backend)
