@@ -246,3 +246,28 @@ def test_compare_with_the_real_patch(world, tmp_path):
     assert [m["method"] for m in cmp["var"]["protocol"]["methods"]] == ["var"]
     base = json.loads((tmp_path / "base" / "baseline" / "results.json").read_text())
     assert cmp["baseline"]["splits"] == base["splits"]  # run after VAR: unpatch gave the original model back
+
+
+def test_carve_as_a_method_set(world, tmp_path):
+    """``--compare carve`` answers each question with the CARVE pipeline on the loaded model, sample by sample."""
+    import vlmfix
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    _, ann, img, model_dir = world
+    cfg = {"method": "carve", "layers": [0, 1], "max_new_tokens": 3}
+    (tmp_path / "carve.json").write_text(json.dumps(cfg))
+    r = invoke("eval", "pope", "--model", model_dir, "--coco-annotations", ann / "instances_val.json", "--images", img,
+               "--num-images", 2, "--max-new-tokens", 3, "--split", "random", "--no-progress", "--batch-size", 2,
+               "--method", "carve", "--method-config", tmp_path / "carve.json", "--output", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "out" / "carve"
+    result = json.loads((run / "results.json").read_text())
+    assert [m["method"] for m in result["protocol"]["methods"]] == ["carve"]
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    config = vlmfix.CARVE(layers=(0, 1), max_new_tokens=3)
+    for s in samples[:3]:
+        image = Image.open(img / s["image"]).convert("RGB")
+        assert s["answer"] == vlmfix.carve(model, processor, image, s["question"], config=config).answer

@@ -173,8 +173,8 @@ def _method_controls(gr) -> dict:
                                         info="exact: the paper's extra image-free pass; fused: one pass, approximate")
     available = M.carve_available()
     carve = gr.Checkbox(value=False, label=M.TITLES["carve"], interactive=available, elem_id="vf-use-carve",
-                        info=("a three-pass VQA pipeline (short answers); replaces the methods above when ticked" if available else
-                              "not available in this build (vlmfix.pipelines.carve is missing)"))
+                        info=("a three-pass VQA pipeline (short answers); replaces the methods above when ticked"
+                              if available else "not available in this build (vlmfix.pipelines.carve is missing)"))
     s = sliders
     inputs = [boxes["var"], s[("var", "p")], s[("var", "rho")], boxes["vhr"], s[("vhr", "alpha")], vhr_mode,
               boxes["dual_stream"], s[("dual_stream", "alpha")], s[("dual_stream", "beta")],

@@ -106,7 +106,7 @@ def format_prompt(processor, prompt: str) -> str:
     """The model's own chat format when the processor has one, else the LLaVA-1.5 convention."""
     if getattr(processor, "chat_template", None):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        return processor.apply_chat_template(messages, add_generation_prompt=True)
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     token = getattr(processor, "image_token", None) or "<image>"
     return f"USER: {token}\n{prompt} ASSISTANT:"
 

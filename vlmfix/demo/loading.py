@@ -67,7 +67,8 @@ def _load_hf(spec, device, torch_dtype):
     except OSError as exc:
         raise LoadError(f"could not load a model config from {spec!r}: {exc}") from None
     if config.model_type not in supported_model_types():
-        raise LoadError(f"{spec} is a {config.model_type!r} model; vlmfix supports {', '.join(supported_model_types())}")
+        raise LoadError(f"{spec} is a {config.model_type!r} model; vlmfix supports "
+                        f"{', '.join(supported_model_types())}")
     processor = AutoProcessor.from_pretrained(spec)
     model = AutoModelForImageTextToText.from_pretrained(spec, dtype=torch_dtype).to(device).eval()
     if hasattr(processor, "tokenizer"):

@@ -50,9 +50,15 @@ def load_image(path):
         raise EvalInputError(f"cannot read image {path}: {exc}; expected an image file PIL can open") from None
 
 
-def generate_batch(model, processor, images, texts, decoding: Decoding) -> list[str]:
-    """Answers for parallel lists of PIL images and user texts."""
+def generate_batch(model, processor, images, texts, decoding: Decoding, carve=None) -> list[str]:
+    """Answers for parallel lists of PIL images and user texts (with a CARVE config: its final answers, per sample)."""
     import torch
+
+    if carve is not None:
+        import vlmfix
+
+        return [vlmfix.carve(model, processor, image, text, config=carve).answer.strip()
+                for image, text in zip(images, texts)]
 
     tok = getattr(processor, "tokenizer", None)
     if tok is not None:

@@ -17,9 +17,13 @@ BASELINE = "baseline"
 
 
 def _config(spec):
-    from vlmfix.config import method_from
+    from vlmfix.config import CARVE, method_from
 
     try:
+        if isinstance(spec, str) and spec.lower() == "carve":
+            return CARVE()
+        if isinstance(spec, dict) and str(spec.get("method", "")).lower() == "carve":
+            return CARVE(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k != "method"})
         return method_from(spec)
     except (ValueError, TypeError) as exc:
         raise EvalInputError(f"bad method {spec!r}: {exc}") from None
@@ -76,9 +80,18 @@ def label_of(cfgs) -> str:
     return "+".join(c.name for c in cfgs) or BASELINE
 
 
+def split_carve(cfgs):
+    """(attention patches, CARVE config or None): CARVE is a pipeline run per sample on the (patched) model."""
+    from vlmfix.config import CARVE
+
+    carve = [c for c in cfgs if isinstance(c, CARVE)]
+    return [c for c in cfgs if not isinstance(c, CARVE)], (carve[0] if carve else None)
+
+
 @contextlib.contextmanager
 def patched(model, cfgs):
     """Apply a method set for the duration of a run and restore the original model afterwards."""
+    cfgs, _ = split_carve(cfgs)
     if not cfgs:
         yield model
         return

@@ -6,6 +6,8 @@ a bad input costs seconds and leaves no results file; results are written atomic
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import random
 import shutil
@@ -17,7 +19,7 @@ from .coco import find_annotation_files, image_path, load_instances, resolve_ins
 from .errors import EvalInputError
 from .generate import Decoding, build_prompt, generate_batch, load_image, prompt_format
 from .io import iter_records, read_jsonl, sha256_file, sha256_records, write_json_atomic, write_jsonl_atomic
-from .methods import patched
+from .methods import patched, split_carve
 from .models import load_model, resolve_device
 from .protocol import check_resumable, method_records, package_versions
 from .runner import barrier, dist_info, has_previous_work, merge, run_samples
@@ -105,8 +107,9 @@ def _execute(samples, work, score, protocol_base, model, opts: RunOptions, label
     from .ui import progress_factory
 
     bar = progress_factory(f"{task} {label}", enabled=opts.progress and rank == 0)
+    _, carve = split_carve(cfgs)
     with patched(model, cfgs):
-        run_samples(samples, work, run_dir, batch_size=opts.batch_size, progress=bar)
+        run_samples(samples, lambda batch: work(batch, carve), run_dir, batch_size=opts.batch_size, progress=bar)
     barrier()
     result = None
     if rank == 0:
@@ -190,9 +193,10 @@ def run_pope(*, model_spec: ModelSpec, opts: RunOptions, annotations=None, image
                           for s, i in sets.items()},
             "pope": construction, "versions": package_versions()}
 
-    def work(batch):
+    def work(batch, carve=None):
         imgs = [load_image(paths[s["image"]]) for s in batch]
-        answers = generate_batch(model, processor, imgs, [s["question"] + prompt_suffix for s in batch], decoding)
+        answers = generate_batch(model, processor, imgs, [s["question"] + prompt_suffix for s in batch], decoding,
+                                 carve=carve)
         return [{**s, "answer": a} for s, a in zip(batch, answers)]
 
     def score(records):
@@ -291,9 +295,11 @@ def run_chair(*, model_spec: ModelSpec, opts: RunOptions, annotations=None, imag
                           "n": len(samples), "sha256": sha256_records([{"image_id": s["image_id"]} for s in samples])},
             "chair": evaluator.protocol(), "versions": package_versions()}
 
-    def work(batch):
+    def work(batch, carve=None):
         imgs = [load_image(Path(images) / s["image"]) for s in batch]
-        caps = generate_batch(model, processor, imgs, [prompt] * len(batch), decoding)
+        if carve is not None:  # captions, not short answers: no answer suffix, the caption budget
+            carve = dataclasses.replace(carve, answer_suffix="", max_new_tokens=decoding.max_new_tokens)
+        caps = generate_batch(model, processor, imgs, [prompt] * len(batch), decoding, carve=carve)
         return [{**s, "caption": c} for s, c in zip(batch, caps)]
 
     def score(records):

@@ -20,7 +20,7 @@ def testbed_group():
 @click.option("--n-images", default=500, show_default=True)
 @click.option("--seed", default=20260, show_default=True, help="20260 is the held-out evaluation world.")
 @click.option("--split", default="val", show_default=True)
-@click.option("--p-partner", default=0.8, show_default=True, help="P(partner present | object present).")
+@click.option("--p-partner", default=0.85, show_default=True, help="P(partner present | object present).")
 @click.option("--workers", default=None, type=int, help="Parallel drawing processes (result is identical).")
 def world_cmd(out_dir, n_images, seed, split, p_partner, workers):
     """Write images/, annotations/instances_<split>.json, captions_<split>.json and synonyms.json."""

@@ -19,7 +19,7 @@ from .categories import BY_ID, CATEGORIES, COLOURS, FREE_LOOKS, THEMES
 
 IMAGE_SIZE = 112
 THEME_NAMES = tuple(THEMES)
-DEFAULT_P_PARTNER = 0.8
+DEFAULT_P_PARTNER = 0.85
 
 
 @dataclass
@@ -100,7 +100,7 @@ def _background(theme: str, rng: np.random.Generator) -> Image.Image:
     else:  # office: wood grain
         a[:] = np.array([165, 120, 80]) + j
         a += 12 * np.sin(yy[..., None] * rng.uniform(0.3, 0.6) + 3 * np.sin(xx[..., None] * 0.05))
-    a += rng.normal(0, 6, a.shape)
+    a += rng.normal(0, 9, a.shape)
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
 
 
@@ -190,14 +190,14 @@ def render_scene(seed: int, index: int, p_partner: float = DEFAULT_P_PARTNER) ->
     scene = Scene(index=index, theme=theme)
     instances = [cid for cid in sorted(counts) for _ in range(counts[cid])]
     rng.shuffle(instances)
-    n_clutter = int(rng.choice([0, 1, 2, 3], p=[0.3, 0.35, 0.25, 0.1]))
+    n_clutter = int(rng.choice([0, 1, 2, 3, 4], p=[0.15, 0.3, 0.3, 0.15, 0.1]))
     items = [("obj", c) for c in instances] + [("clutter", FREE_LOOKS[rng.integers(len(FREE_LOOKS))])
                                                 for _ in range(n_clutter)]
     order = rng.permutation(len(items))
     taken: list[tuple] = []
     for k in order:
         kind, what = items[k]
-        size = rng.uniform(16, 40) if kind == "obj" else rng.uniform(10, 24)
+        size = rng.uniform(12, 34) if kind == "obj" else rng.uniform(10, 26)
         aspect = rng.uniform(0.75, 1.33)
         w, h = int(max(8, size * aspect)), int(max(8, size / aspect))
         if kind == "obj":

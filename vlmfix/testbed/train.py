@@ -106,7 +106,7 @@ def to_pixels(imgs_u8: torch.Tensor) -> torch.Tensor:
 
 
 def train(out_dir, n_train=30000, steps=None, time_budget=None, batch_size=256, lr=6e-4, device="cpu",
-          workers=None, n_eval=500, seed=0, eval_points=(0.6, 0.8, 1.0), log=print, save_dtype=torch.bfloat16):
+          workers=None, n_eval=500, seed=0, eval_points=(0.4, 0.55, 0.7, 0.85, 1.0), log=print, save_dtype=torch.bfloat16):
     """Build, train, evaluate and save; returns the metrics dict (also written to ``out_dir/metrics.json``)."""
     t0 = time.time()
     out = Path(out_dir)
@@ -152,16 +152,16 @@ def train(out_dir, n_train=30000, steps=None, time_budget=None, batch_size=256, 
     step = 0
     eval_at = set()
     while step < total:
-        if steps is None and step == 40:  # calibrate the step count against the time budget
+        if steps is None and step == 120:  # calibrate the step count against the time budget (after warm-up)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
-            per = (time.time() - t_calib) / 30
+            per = (time.time() - t_calib) / 60
             total = max(100, int((time_budget - (time.time() - t_train)) / per) + step)
             eval_at = {int(total * f) for f in eval_points}
             log(f"calibrated: {per * 1000:.1f} ms/step -> {total} steps")
         if steps is not None and step == 0:
             eval_at = {max(1, int(total * f)) for f in eval_points}
-        if step == 10:
+        if step == 60:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t_calib = time.time()
