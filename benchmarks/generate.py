@@ -29,7 +29,8 @@ Methods: ``var``, ``vhr_fused``, ``vhr_exact``, ``dual_stream`` and ``all`` (VAR
 through our kernels (``backend=triton``) and the torch reference (``backend=torch``). Phases run in priority order:
 first vanilla + every method through the Triton backend for every (model, batch), then eager + the torch reference.
 With ``--budget-s`` a phase starts only if its estimated time fits; results are rewritten after every timed run, so
-an interrupted run leaves valid (partial) JSON and Markdown behind.
+an interrupted run leaves valid (partial) JSON and Markdown behind. On CUDA the warm-up generates run under the sync
+debug mode, and the host-device synchronisations are counted by calling line (``warmup_syncs``).
 """
 
 from __future__ import annotations
@@ -298,6 +299,7 @@ class Runner:
         self.times: dict = {}  # key -> list of seconds
         self.mems: dict = {}
         self.stats: dict = {}
+        self.syncs: dict = {}
         self.notes: list[str] = []
         self.skipped: list[str] = []
         self.step_est: dict = {}  # (model, batch) -> seconds per generate of vanilla
@@ -324,7 +326,7 @@ class Runner:
             vlmfix.unpatch(bench.model)
 
     @torch.no_grad()
-    def generate(self, bench, inputs, cfg, new_tokens, timed=True):
+    def generate(self, bench, inputs, cfg, new_tokens, audit=False):
         model = bench.model
         self._setup(bench, cfg)
         try:
@@ -332,7 +334,11 @@ class Runner:
                 torch.cuda.reset_peak_memory_stats(self.device)
             self._sync()
             t = time.perf_counter()
-            out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            def run():
+                return model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                      do_sample=False)
+
+            out, syncs = self.sync_audit(run) if audit else (run(), None)
             self._sync()
             dt = time.perf_counter() - t
             mem = ((torch.cuda.max_memory_allocated(self.device) - self.other_bytes(bench.name)) / 2 ** 30
@@ -343,11 +349,31 @@ class Runner:
         got = out.shape[1] - inputs["input_ids"].shape[1]
         if got != new_tokens:
             raise RuntimeError(f"{cfg}: generated {got} tokens, expected {new_tokens}")
-        return dt, mem, stats
+        return dt, mem, stats, syncs
 
     def other_bytes(self, name):
         """Bytes held by the other resident benchmark models (their weights stay allocated and untouched)."""
         return sum(b.info["bytes"] for n, b in self.benches.items() if n != name)
+
+    def sync_audit(self, fn):
+        """Run ``fn`` with CUDA's sync debug mode on; count host-device synchronisations by calling source line."""
+        if not self.cuda or not self.args.sync_audit:
+            return fn(), None
+        import warnings
+        from collections import Counter
+
+        prev = torch.cuda.get_sync_debug_mode()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                result = fn()
+            finally:
+                torch.cuda.set_sync_debug_mode(prev)
+        hits = [w for w in caught if "synchroniz" in str(w.message)]
+        sites = Counter(f"{os.path.basename(os.path.dirname(w.filename))}/{os.path.basename(w.filename)}:{w.lineno}"
+                        for w in hits)
+        return result, {"total": len(hits), "tokens": self.args.warm_tokens, "sites": dict(sites.most_common(8))}
 
     # -- scheduling ------------------------------------------------------------------------------------------------
     def elapsed(self):
@@ -379,10 +405,13 @@ class Runner:
                     return
         warm_tokens = min(args.new_tokens, args.warm_tokens)
         for cfg in cfgs:
-            dt, _, stats = self.generate(bench, inputs, cfg, warm_tokens)
+            dt, _, stats, syncs = self.generate(bench, inputs, cfg, warm_tokens, audit=True)
             if stats:
                 self.stats[(name, batch, *cfg)] = stats
-            log(f"warm {name} b{batch} {cfg[0]:<11} {cfg[1]:<6} {dt:6.2f}s {stats if stats else ''}")
+            if syncs is not None:
+                self.syncs[(name, batch, *cfg)] = syncs
+            log(f"warm {name} b{batch} {cfg[0]:<11} {cfg[1]:<6} {dt:6.2f}s {stats if stats else ''}"
+                + (f" syncs {syncs['total']} {syncs['sites']}" if syncs else ""))
         for r in range(args.repeats):
             order = cfgs if r % 2 == 0 else cfgs[::-1]
             for cfg in order:
@@ -392,7 +421,7 @@ class Runner:
                     log(msg)
                     self.skipped.append(msg)
                     return
-                dt, mem, stats = self.generate(bench, inputs, cfg, args.new_tokens)
+                dt, mem, stats, _ = self.generate(bench, inputs, cfg, args.new_tokens)
                 key = (name, batch, *cfg)
                 self.times.setdefault(key, []).append(dt)
                 self.mems.setdefault(key, []).append(mem)
@@ -433,6 +462,8 @@ class Runner:
                 rec["var_tau"] = round(bench.var_tau, 4)
                 rec["var_sink_dims"] = list(bench.sink_dims)
             rec.update(self.stats.get(key, {}))
+            if key in self.syncs:
+                rec["warmup_syncs"] = self.syncs[key]
             recs.append(rec)
         order = {m: i for i, m in enumerate(("vanilla", "eager") + METHODS)}
         recs.sort(key=lambda r: (r["model"], r["batch"], r["backend"] != "sdpa", r["backend"],
@@ -496,6 +527,14 @@ class Runner:
             lines.append(f"| {r['model']} | {r['batch']} | {r['method']} | {r['backend']} | {r['tokens_per_s']:.1f} | "
                          f"{r['vanilla_tokens_per_s']:.1f} | {ratio} | {r['peak_mem_gb']:.2f} | "
                          f"{r['vanilla_peak_mem_gb']:.2f} | {mr} | {bars} | {r['n_repeats']} | {'; '.join(sel)} |")
+        synced = [r for r in recs if "warmup_syncs" in r]
+        if synced:
+            lines += ["", f"Host-device synchronisations during the {self.args.warm_tokens}-token warm-up generate "
+                      "(CUDA sync debug mode; prefill + decode steps), by calling line:", ""]
+            for r in synced:
+                sy = r["warmup_syncs"]
+                sites = ", ".join(f"`{k}` {v}" for k, v in sy["sites"].items())
+                lines.append(f"- {r['model']} b{r['batch']} {r['method']}/{r['backend']}: {sy['total']} ({sites})")
         if self.skipped or self.notes:
             lines += ["", "Not measured / notes:", ""] + [f"- {s}" for s in self.notes + self.skipped]
         return "\n".join(lines) + "\n"
@@ -517,6 +556,8 @@ def main(argv=None):
     ap.add_argument("--warm-tokens", type=int, default=20, help="tokens of each warm-up generate")
     ap.add_argument("--sinks", type=float, default=8.0, help="target sink tokens per layer for the VAR tau")
     ap.add_argument("--budget-s", type=float, default=None, help="wall-clock budget: phases that would not fit skip")
+    ap.add_argument("--no-sync-audit", dest="sync_audit", action="store_false",
+                    help="do not count host-device syncs during the warm-ups")
     ap.add_argument("--no-reference", action="store_true", help="skip the eager / torch-reference phase")
     args = ap.parse_args(argv)
     args.new_tokens = args.new_tokens or (16 if args.quick else 128)

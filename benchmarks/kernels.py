@@ -213,8 +213,9 @@ def main():
     main_records = [r for r in records if not r["phase"].startswith("sweep")]
     with open(os.path.join(args.out, "kernels_h200.json"), "w") as fh:
         json.dump(main_records, fh, indent=1)
-    with open(os.path.join(args.out, "kernels_h200_all.json"), "w") as fh:
-        json.dump(dict(meta=meta, records=records), fh, indent=1)
+    if args.sweep:
+        with open(os.path.join(args.out, "kernels_h200_all.json"), "w") as fh:
+            json.dump(dict(meta=meta, records=records), fh, indent=1)
     print("\n" + "\n".join(_fmt(r) for r in records))
 
 

@@ -21,7 +21,10 @@ Configurations (all backend="torch", since the Triton wrapper cannot run here):
                          host when the GPU kernel is as cheap as SDPA's.
 * ``*+fast``             the stub runs again with ``FastPatch``: a prototype of the optimisations proposed in
                          ``docs/performance.md`` (applied by monkeypatching a copy of the hot functions), checked to
-                         produce the same greedy tokens as the unoptimised patch with the real reference kernel.
+                         give the same logits at every step as the current patch with the real reference kernel.
+
+``micro`` times the pieces one by one (per call, CPU time): VAR's decode-step detection + history append +
+contribution as written now and as prototyped, the kernel dispatch, and the per-call objects.
 
 ``--profile`` adds a cProfile of the ``all+stub`` decode loop and prints the functions inside ``vlmfix`` with their
 own and cumulative time per layer call.
@@ -101,16 +104,19 @@ def kernel_stub():
 # FastPatch: prototype of the proposed optimisations (see docs/performance.md), applied to the live classes
 # ----------------------------------------------------------------------------------------------------------------------
 class FastPatch:
-    """Monkeypatches ``PatchSession.attend`` and the three runtimes' per-layer / per-step methods.
+    """Monkeypatches a copy of the remaining hot per-layer functions (VAR's hook and contribution, the kernel dispatch).
 
-    1. Per-step key classes: everything that is the same for every layer of one forward (visual bits, dual-stream
-       bits) is OR-ed once per forward instead of once per layer; no per-layer ``clone``.
-    2. VAR keeps each layer's sink bits as an int32 ``SINK`` column vector ready to OR (no ``to``/``*`` per layer),
-       detects decode-token sinks with a cached device index of the sink channels and 5 ops instead of ~10, and
-       caches its ``var_p`` table per (B, H, device).
-    3. VHR caches each layer's head-scale table once per sequence.
-    4. The backend is resolved once per session (no ``resolve_backend`` + import per layer call).
-    5. ``LayerCall`` is a plain ``__slots__`` object; methods OR their bits out of place, so nothing is cloned.
+    1. VAR decode-step sink detection with a device index of the sink channels cached once (the current
+       ``x[..., dims]`` turns a Python list into a tensor and, on CUDA, copies it to the device on every layer call,
+       a synchronising copy), ``vector_norm`` instead of pow+mean+add+rsqrt, and the class bit written by
+       ``torch.where(..., out=)`` straight into a per-layer int32 buffer that grows by doubling (no ``torch.cat``
+       of the whole history per layer and step).
+    2. VAR's contribution reads that buffer as ready ``SINK`` bits: one ``|`` per layer instead of ``to`` + ``*`` +
+       ``|``.
+    3. The kernel entry point is bound once per backend: no ``resolve_backend`` / ``triton_available`` (an import
+       statement and an environment lookup) per layer call.
+    Semantics: identical except that phi's RMS uses ``max(rms, sqrt(eps))`` in place of ``sqrt(ms + eps)``, which only
+    differs for an all-but-zero hidden state.
     """
 
     def __init__(self):
@@ -121,180 +127,97 @@ class FastPatch:
         setattr(obj, name, value)
 
     def __enter__(self):
+        from vlmfix.heads import detect_sinks
         from vlmfix.kernels import attention as kernel_dispatch
-        from vlmfix.kernels import resolve_backend
-        from vlmfix.methods.dual_stream import DualStreamRuntime
         from vlmfix.methods.var import VarRuntime
-        from vlmfix.methods.vhr import VhrRuntime
 
-        PatchSession = session_mod.PatchSession
-        orig_on_forward = PatchSession.on_model_forward
-        orig_var_contribute = VarRuntime.contribute
-        orig_var_hook = VarRuntime._hook
-        orig_vhr_contribute = VhrRuntime.contribute
-        orig_ds_contribute = DualStreamRuntime.contribute
+        orig_hook = VarRuntime._hook
+        orig_contribute = VarRuntime.contribute
 
-        def kernel_for(session):
-            fn = session.__dict__.get("_fast_kernel")
-            if fn is None or session.__dict__.get("_fast_kernel_src") is not session_mod.kernel_attention:
-                src = session_mod.kernel_attention
-                if src is kernel_dispatch:  # the real dispatcher: bind the backend now
-                    device = next(session.model.parameters()).device
-                    if resolve_backend(session.backend, device) == "triton":
-                        from vlmfix.kernels import triton_attention
-                        fn = triton_attention.attention
-                    else:
-                        fn = reference.attention
-
-                    def call(q, k, v, *, scale, mask=None, params=None, want=(), backend=None, _f=fn):
-                        return _f(q, k, v, scale=scale, mask=mask, params=params, want=want)
-                    fn = call
-                else:  # a test stub: keep its signature
-                    fn = src
-                session._fast_kernel, session._fast_kernel_src = fn, src
-            return fn
-
-        def on_model_forward(self, kwargs):
-            self._step_classes = None
-            return orig_on_forward(self, kwargs)
-
-        def step_classes(self, kv_len):
-            """Classes shared by every layer of this forward (visual + dual-stream bits), built once per forward."""
-            seq = self.seq
-            cached = self.__dict__.get("_step_classes")
-            if cached is not None and cached[0] is seq.classes and cached[1] == kv_len:
-                return cached[2]
-            if seq.classes.shape[1] < kv_len:
-                raise RuntimeError(f"vlmfix: got {kv_len} keys but only {seq.classes.shape[1]} positions were seen")
-            cls = seq.classes[:, -kv_len:]
-            for rt in self.contributors:
-                shared = getattr(rt, "shared_bits", None)
-                if shared is not None:
-                    bits = shared(self, kv_len)
-                    if bits is not None:
-                        cls = cls | bits
-            self._step_classes = (seq.classes, kv_len, cls)
-            return cls
-
-        def attend(self, layer, module, query, key, value, attention_mask, scaling, kwargs, fallback):
-            seq = self.seq
-            record = self.record
-            recording = record is not None and layer in record.layers and not self._suspended
-            if (self._suspended or seq is None or not seq.has_visual or module.training
-                    or (layer not in self.active_layers and not recording)):
-                return fallback(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
-            kv_len = key.shape[2]
-            if attention_mask is not None:
-                if attention_mask.dtype != torch.bool:
-                    attention_mask = attention_mask > torch.finfo(attention_mask.dtype).min / 2
-                if attention_mask.shape[-1] != kv_len:
-                    attention_mask = attention_mask[:, :, :, :kv_len]
-            call = FastCall(layer, query, key, value, attention_mask,
-                            scaling if scaling is not None else module.scaling, step_classes(self, kv_len), self)
-            for rt in self.contributors:
-                if layer in rt.layers:
-                    rt.contribute(call)
-            params = call.params
-            if params.key_class is None and (not params.is_identity or recording):
-                params.key_class = call.classes
-            want = ("last_row_probs",) if recording else ()
-            out, stats = kernel_for(self)(query, key, value, scale=call.scale, mask=attention_mask, params=params,
-                                          want=want)
-            for fix in call.post:
-                out = fix(out)
-            if recording:
-                self.record_step(layer, stats["last_row_probs"].float().mean(1), call.classes)
-            return out, None
-
-        # -- dual-stream: its bits are the same in every layer of a forward -> shared_bits, once per forward ----
-        def ds_shared_bits(self, session, kv_len):
-            if self.bits is None:
-                self._finalize(session)
-            return self.bits[:, -kv_len:]
-
-        def ds_contribute(self, call):
-            b, h = call.query.shape[:2]
-            call.params.key_class = call.classes
-            call.params.amp = self._amp_table(b, h, call.query.device)
-            seq = call.session.seq
-            call.params.amp_start = seq.prompt_len - 1 - (seq.length - call.key.shape[2])
-
-        # -- VAR: int32 SINK bits per layer, cached var_p, leaner decode detection -----------------------------------
         def var_hook(self, session, idx):
             if self.cfg.compat:
-                return orig_var_hook(self, session, idx)
-            dims = self.dims
-            tau_sq = float(self.cfg.tau) ** 2
-            eps = 1e-6
+                return orig_hook(self, session, idx)
+            tau = float(self.cfg.tau)
             cache = {}
+            bufs = self.__dict__.setdefault("_fast_bufs", {})
+
+            def consts(hidden):
+                dev = hidden.device
+                c = cache.get(dev)
+                if c is None:
+                    c = cache[dev] = (torch.tensor(self.dims, device=dev),
+                                      torch.tensor(SINK, dtype=torch.int32, device=dev),
+                                      torch.tensor(0, dtype=torch.int32, device=dev),
+                                      tau / hidden.shape[-1] ** 0.5, tau * 1e-3)  # sqrt(RMS_EPS) = 1e-3
+                return c
 
             def pre_hook(module, args, kwargs):
                 seq = session.seq
-                if session._suspended or seq is None or not seq.has_visual or not dims:
+                if session._suspended or seq is None or not seq.has_visual or not self.dims:
                     return None
                 hidden = args[0] if args else kwargs["hidden_states"]
+                b, t = hidden.shape[:2]
                 if seq.new_sequence:
-                    from vlmfix.heads import detect_sinks
-                    self.sinks[idx] = detect_sinks(hidden, dims, self.cfg.tau).to(torch.int32) * SINK
-                elif idx in self.sinks:
+                    sink, zero = consts(hidden)[1:3]
+                    buf = torch.zeros(b, max(2 * t, t + 256), dtype=torch.int32, device=hidden.device)
+                    torch.where(detect_sinks(hidden, self.dims, tau), sink, zero, out=buf[:, :t])
+                    bufs[idx] = [buf, t]
+                    self.sinks[idx] = buf[:, :t]
+                elif idx in bufs and idx in self.sinks:
+                    entry = bufs[idx]
+                    buf, n = entry
+                    if n + t > buf.shape[1]:
+                        buf = entry[0] = torch.cat([buf, torch.zeros_like(buf)], dim=1)
                     if self.cfg.detect_on_decode:
-                        dev = hidden.device
-                        index = cache.get(dev)
-                        if index is None:
-                            index = cache[dev] = torch.tensor(dims, device=dev)
+                        index, sink, zero, tau_rms, floor = consts(hidden)
                         x = hidden.float()
-                        # phi >= tau  <=>  max_d x_d^2 >= tau^2 (mean x^2 + eps); no sqrt, no abs
-                        peak = x.index_select(-1, index).square_().amax(-1)
-                        new = (peak >= x.square().mean(-1).add_(eps).mul_(tau_sq)).to(torch.int32).mul_(SINK)
-                    else:
-                        new = torch.zeros(hidden.shape[:2], dtype=torch.int32, device=hidden.device)
-                    self.sinks[idx] = torch.cat([self.sinks[idx], new], dim=1)
+                        peak = x.index_select(-1, index).abs_().amax(-1)
+                        limit = torch.linalg.vector_norm(x, dim=-1).mul_(tau_rms).clamp_min_(floor)
+                        torch.where(peak >= limit, sink, zero, out=buf[:, n:n + t])
+                    entry[1] = n + t
+                    self.sinks[idx] = buf[:, :n + t]
                 return None
 
             return pre_hook
 
         def var_contribute(self, call):
             if self.cfg.compat:
-                return orig_var_contribute(self, call)
+                return orig_contribute(self, call)
             sinks = self.sinks.get(call.layer)
             if sinks is None:
                 return
             kv_len = call.key.shape[2]
             call.classes = call.classes | (sinks if sinks.shape[1] == kv_len else sinks[:, -kv_len:])
             b, h = call.query.shape[:2]
-            key = (b, h, call.query.device)
-            table = self.__dict__.get("_var_p")
-            if table is None or table[0] != key:
-                table = (key, torch.full((b, h), self.cfg.moved_fraction, dtype=torch.float32,
-                                         device=call.query.device))
-                self._var_p = table
+            var_p = self._var_p
+            if var_p is None or var_p.shape != (b, h) or var_p.device != call.query.device:
+                var_p = self._var_p = torch.full((b, h), self.cfg.moved_fraction, dtype=torch.float32,
+                                                 device=call.query.device)
             params = call.params
             params.key_class = call.classes
-            params.var_p = table[1]
+            params.var_p = var_p
             params.var_rho = self.cfg.rho
             params.var_min_mass = self.cfg.min_visual_mass
 
-        # -- VHR: head-scale tables cached per sequence ---------------------------------------------------------------
-        def vhr_contribute(self, call):
-            if self.selecting_rows is not None or (call.layer not in self.heads and call.session.seq.new_sequence):
-                orig_vhr_contribute(self, call)
-                return
-            heads = self.heads.get(call.layer)
-            if heads is None or heads.shape[0] != call.query.shape[0]:
-                return
-            scales = self.__dict__.setdefault("_scales", {})
-            entry = scales.get(call.layer)
-            if entry is None or entry[0] is not heads:
-                entry = scales[call.layer] = (heads, self._scale(heads).to(call.query.device))
-            call.params.head_scale = entry[1]
-
-        self._set(PatchSession, "attend", attend)
-        self._set(PatchSession, "on_model_forward", on_model_forward)
-        self._set(DualStreamRuntime, "shared_bits", ds_shared_bits)
-        self._set(DualStreamRuntime, "contribute", ds_contribute)
         self._set(VarRuntime, "_hook", var_hook)
         self._set(VarRuntime, "contribute", var_contribute)
-        self._set(VhrRuntime, "contribute", vhr_contribute)
+        if session_mod.kernel_attention is kernel_dispatch:  # not stubbed: bind the backend once
+            bound = {}
+
+            def direct(q, k, v, *, scale, mask=None, params=None, want=(), backend="auto"):
+                fn = bound.get(backend)
+                if fn is None:
+                    from vlmfix.kernels import resolve_backend
+                    if resolve_backend(backend, q.device) == "triton":
+                        from vlmfix.kernels import triton_attention
+                        fn = triton_attention.attention
+                    else:
+                        fn = reference.attention
+                    bound[backend] = fn
+                return fn(q, k, v, scale=scale, mask=mask, params=params, want=want)
+
+            self.saved.append((session_mod, "kernel_attention", session_mod.kernel_attention))
+            session_mod.kernel_attention = direct
         return self
 
     def __exit__(self, *exc):
@@ -304,23 +227,6 @@ class FastPatch:
             else:
                 setattr(obj, name, value)
         self.saved = []
-
-
-class FastCall:
-    """``LayerCall`` with ``__slots__`` (what the methods read and write)."""
-
-    __slots__ = ("layer", "query", "key", "value", "mask", "scale", "classes", "session", "params", "post")
-
-    def __init__(self, layer, query, key, value, mask, scale, classes, session):
-        self.layer, self.query, self.key, self.value, self.mask = layer, query, key, value, mask
-        self.scale, self.classes, self.session = scale, classes, session
-        self.params = reference.ReweightParams()
-        self.post = []
-
-    def kernel(self, query=None, mask=..., params=None, want=()):
-        return session_mod.kernel_attention(self.query if query is None else query, self.key, self.value,
-                                            scale=self.scale, mask=self.mask if mask is ... else mask,
-                                            params=params, want=want, backend=self.session.backend)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -452,6 +358,53 @@ def profile_loop(model, inputs, cfg, steps, sink_dims, tau, top=18):
             for tt, ct, nc, name in rows[:top]]
 
 
+def micro(hidden_size=4096, kv_len=704, n=3000):
+    """Per-call host cost (us, CPU time, min of 5 x n calls) of the per-layer pieces, at LLaVA-7B's width."""
+    from vlmfix.heads import detect_sinks
+    from vlmfix.kernels import resolve_backend
+    from vlmfix.patches.session import LayerCall
+
+    h = torch.randn(1, 1, hidden_size, dtype=torch.bfloat16)
+    dims = (1415, 2533)
+    hist = torch.zeros(1, kv_len - 1, dtype=torch.bool)
+    classes = torch.zeros(1, kv_len, dtype=torch.int32)
+    buf = torch.zeros(1, 2 * kv_len, dtype=torch.int32)
+    index = torch.tensor(dims)
+    sink_t, zero_t = torch.tensor(SINK, dtype=torch.int32), torch.tensor(0, dtype=torch.int32)
+    tau_rms, floor = 20.0 / hidden_size ** 0.5, 20.0 * 1e-3
+    q = torch.randn(1, 32, 1, 128)
+
+    def var_now():
+        s = torch.cat([hist, detect_sinks(h, dims, 20.0)], dim=1)  # pre-hook
+        return classes | (s[:, -kv_len:].to(classes.dtype) * SINK)  # contribute
+
+    def var_fast():
+        x = h.float()
+        peak = x.index_select(-1, index).abs_().amax(-1)
+        limit = torch.linalg.vector_norm(x, dim=-1).mul_(tau_rms).clamp_min_(floor)
+        torch.where(peak >= limit, sink_t, zero_t, out=buf[:, kv_len - 1:kv_len])
+        return classes | buf[:, :kv_len]
+
+    def dispatch():
+        return resolve_backend("torch", q.device)
+
+    def objects():
+        return LayerCall(3, q, q, q, None, 0.1, classes, reference.ReweightParams(), None)
+
+    out = {}
+    for name, fn in (("var_detect_append_contribute_now", var_now), ("var_detect_append_contribute_fast", var_fast),
+                     ("resolve_backend", dispatch), ("layercall_and_params", objects)):
+        best = float("inf")
+        for _ in range(5):
+            t = CLOCK()
+            for _ in range(n):
+                fn()
+            best = min(best, (CLOCK() - t) / n)
+        out[name] = round(best * 1e6, 2)
+    print("\nper-call host cost, CPU (us): " + ", ".join(f"{k} {v}" for k, v in out.items()))
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--layers", type=int, default=32)
@@ -532,8 +485,9 @@ def main(argv=None):
               + ", ".join(f"{k} {v:.2f}" for v, k in top))
     for row in rows:
         row.update(op_rows.get(row["config"], {}))
+    micro_us = micro()
     result = {"layers": n, "hidden": args.hidden, "steps": args.steps, "repeats": args.repeats, "tau": tau,
-              "torch": torch.__version__, "rows": rows}
+              "torch": torch.__version__, "rows": rows, "micro_us": micro_us}
     if args.profile:
         result["profile_all_stub"] = profile_loop(model, inputs, "all+stub", args.steps, dims, tau)
         result["profile_all_fast"] = profile_loop(model, inputs, "all+fast", args.steps, dims, tau)

@@ -6,7 +6,9 @@ unmodified model, and concurrent visitors with different methods must not see ea
 
 from __future__ import annotations
 
+import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +16,6 @@ import torch
 from PIL import Image
 
 import vlmfix
-
 from vlmfix.demo.compare import DemoInputError, build_inputs, compare
 from vlmfix.demo.objects import GROUNDED, HALLUCINATED, SceneIndex, highlight
 from vlmfix.testing import tiny_llava
@@ -171,21 +172,26 @@ def handler(tiny, scenes):
     app = build_app(*tiny, scenes=scenes, warm=False)
     defaults = [True, 0.6, 0.5, True, 2.0, "exact", False, 0.7, 0.4, 0.25, False, N_TOKENS]
 
+    names = ["var", "var_p", "var_rho", "vhr", "vhr_alpha", "vhr_mode", "ds", "ds_alpha", "ds_beta", "ds_local",
+             "carve", "n_tokens"]
+
     def run(record, prompt=PROMPT, **over):
-        args = list(defaults)
-        if "var" in over:
-            args[0] = over["var"]
+        args = [over.get(name, value) for name, value in zip(names, defaults)]
         return list(app.vlmfix_compare(record, prompt, *args))
 
-    return run
+    yield run
+    shutil.rmtree(_upload_folder(), ignore_errors=True)
+
+
+def _upload_folder():
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder()) / "vlmfix-demo-tests"
 
 
 def _upload(tmp_name, data: bytes | None = None, image: Image.Image | None = None):
-    from pathlib import Path
-
-    from gradio.utils import get_upload_folder
-
-    folder = Path(get_upload_folder()) / "vlmfix-test"
+    """Put a file where Gradio keeps uploads, as the browser would, and return the widget's raw value."""
+    folder = _upload_folder()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / tmp_name
     if image is not None:
@@ -220,10 +226,11 @@ def test_handler_bad_uploads_give_a_message_not_a_traceback(handler, make, messa
     assert message in steps[-1][-1] and "Traceback" not in steps[-1][-1]
 
 
-def test_handler_empty_prompt(handler, example):
-    path, _ = example
-    steps = handler({"path": str(path)}, prompt="  ")
-    assert "type a prompt" in steps[-1][-1]
+def test_handler_bad_settings(handler, example):
+    record = {"path": str(example[0])}
+    assert "type a prompt" in handler(record, prompt="  ")[-1][-1]
+    assert "at least one method" in handler(record, var=False, vhr=False)[-1][-1]
+    assert "VAR.p must be in" in handler(record, var_p=1.5)[-1][-1]  # a typed-in value outside the slider
 
 
 # ------------------------------------------------------------------------------------------------ the command

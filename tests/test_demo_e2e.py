@@ -81,6 +81,7 @@ def _status_contains(page, text, timeout=30_000):
 def test_pick_example_compare_and_see_both_columns(page, tmp_path):
     page.locator('#vf-examples [data-testid="dataset-cell-0-0"]').click()
     page.locator("#vf-image img").wait_for(timeout=15_000)
+    page.locator("#vf-use-vhr input").check()  # VAR (ticked by default) + VHR
     page.locator("#vf-compare").click()
     for side in ("baseline", "mitigated"):
         page.locator(f"#vf-{side}-heat img").wait_for(timeout=60_000)
@@ -88,7 +89,7 @@ def test_pick_example_compare_and_see_both_columns(page, tmp_path):
     for side in ("baseline", "mitigated"):
         assert page.locator(f"#vf-{side}-answer").inner_text().strip(), f"{side} answer is empty"
         assert " s" in page.locator(f"#vf-{side}-stats").inner_text()  # the timing line
-    assert "VAR(" in page.locator("#vf-mitigated-stats").inner_text()
+    assert "VAR(p=0.6, rho=0.5) + VHR(alpha=2, exact)" in page.locator("#vf-mitigated-stats").inner_text()
     assert "Traceback" not in page.content()
     page.mouse.move(0, 0)
     shot = tmp_path / "demo.png"

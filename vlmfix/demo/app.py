@@ -23,8 +23,16 @@ import threading
 from pathlib import Path
 
 from . import methods as M
-from .compare import (MAX_NEW_TOKENS, DemoInputError, check_prompt, load_image, model_lock, shared_scale,
-                      side_overlay, stream_compare)
+from .compare import (
+    MAX_NEW_TOKENS,
+    DemoInputError,
+    check_prompt,
+    load_image,
+    model_lock,
+    shared_scale,
+    side_overlay,
+    stream_compare,
+)
 from .objects import GROUNDED, HALLUCINATED, Example, SceneIndex, highlight, warm_up
 
 log = logging.getLogger("vlmfix.demo")
@@ -33,6 +41,7 @@ DEFAULT_PROMPT = "Please describe this image in detail."
 COLORS = {HALLUCINATED: "#ef4444", GROUNDED: "#22c55e"}
 CSS = """
 .vf-answer { height: 11em; overflow-y: auto; }  /* fixed, so the two heat maps line up */
+.vf-answer .textfield { word-break: normal; overflow-wrap: anywhere; }  /* wrap answers between words */
 .vf-stats p { font-size: 0.9em; margin: 0; }
 #vf-status p { margin: 0.2em 0; }
 footer { display: none !important; }
@@ -70,10 +79,13 @@ def build_app(model, processor, *, scenes: SceneIndex | None = None, examples: l
         try:
             path = _upload_path(image_rec, example_root)
             image = load_image(path)
-            cfgs = M.build_methods({"var": var_on, "vhr": vhr_on, "dual_stream": ds_on},
-                                   {"var": {"p": var_p, "rho": var_rho}, "vhr": {"alpha": vhr_alpha},
-                                    "dual_stream": {"alpha": ds_alpha, "beta": ds_beta, "local_ratio": ds_local}},
-                                   vhr_mode=vhr_mode, use_carve=bool(carve_on) and M.carve_available())
+            try:
+                cfgs = M.build_methods({"var": var_on, "vhr": vhr_on, "dual_stream": ds_on},
+                                       {"var": {"p": var_p, "rho": var_rho}, "vhr": {"alpha": vhr_alpha},
+                                        "dual_stream": {"alpha": ds_alpha, "beta": ds_beta, "local_ratio": ds_local}},
+                                       vhr_mode=vhr_mode, use_carve=bool(carve_on) and M.carve_available())
+            except (TypeError, ValueError) as exc:  # a typed-in slider value the method's config rejects
+                raise DemoInputError(f"Method setting not accepted: {exc}") from None
             check_prompt(prompt)
             if not cfgs:
                 raise DemoInputError("Tick at least one method for the mitigated column.")
@@ -96,9 +108,6 @@ def build_app(model, processor, *, scenes: SceneIndex | None = None, examples: l
             yield (_segments(base, truth), _stats(base), side_overlay(base.result, scale), _segments(mit, truth),
                    _stats(mit, label), side_overlay(mit.result, scale), _summary(base.result, mit.result, truth))
         except DemoInputError as exc:
-            gr.Warning(str(exc))
-            yield (skip, skip, skip, skip, skip, skip, f"**Note:** {exc}")
-        except ValueError as exc:  # a method config rejected a slider value
             gr.Warning(str(exc))
             yield (skip, skip, skip, skip, skip, skip, f"**Note:** {exc}")
         except Exception as exc:  # never a traceback in the page; the server log keeps it

@@ -13,15 +13,16 @@ reader went away (a closed browser tab) still finishes and releases it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import threading
 import time
 import warnings
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -42,7 +43,7 @@ class DemoInputError(ValueError):
 
 # ------------------------------------------------------------------------------------------------------ locking
 
-_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
@@ -307,12 +308,17 @@ def _attach_truth(result: SideResult, truth: Truth | None):
         result.mentions, result.hallucinated = truth.judge(result.text)
 
 
+def _last(iterator):
+    """The final item of a generator (run to its end)."""
+    tail = collections.deque(iterator, maxlen=1)
+    if not tail:
+        raise RuntimeError("the comparison produced no result")
+    return tail[0]
+
+
 def run_side(*args, **kwargs) -> SideResult:
     """``stream_side`` run to the end."""
-    last = None
-    for last in stream_side(*args, **kwargs):
-        pass
-    return last.result
+    return _last(stream_side(*args, **kwargs)).result
 
 
 def stream_compare(model, processor, image, prompt, methods, *, max_new_tokens: int = 64, truth: Truth | None = None,
@@ -336,10 +342,8 @@ def stream_compare(model, processor, image, prompt, methods, *, max_new_tokens: 
 def compare(model, processor, image, prompt, methods, *, max_new_tokens: int = 64, truth: Truth | None = None,
             layers=None) -> CompareResult:
     """Both sides, run to completion: the testable core of the demo."""
-    base = mit = None
-    for base, mit in stream_compare(model, processor, image, prompt, methods, max_new_tokens=max_new_tokens,
-                                    truth=truth, layers=layers):
-        pass
+    base, mit = _last(stream_compare(model, processor, image, prompt, methods, max_new_tokens=max_new_tokens,
+                                     truth=truth, layers=layers))
     return CompareResult(prompt=check_prompt(prompt), baseline=base.result, mitigated=mit.result)
 
 

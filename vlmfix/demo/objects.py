@@ -39,7 +39,7 @@ class Truth:
 
     image_id: int
     objects: frozenset
-    finder: "MentionFinder"
+    finder: MentionFinder
 
     def judge(self, text: str) -> tuple[list[Mention], list[str]]:
         """(every mention, distinct hallucinated categories in order of first mention)."""
@@ -183,7 +183,7 @@ class SceneIndex:
     _finder: MentionFinder | None = None
 
     @classmethod
-    def load(cls, root, split: str = "val") -> "SceneIndex":
+    def load(cls, root, split: str = "val") -> SceneIndex:
         root = Path(root)
         inst_path = root / "annotations" / f"instances_{split}.json"
         if not inst_path.is_file():

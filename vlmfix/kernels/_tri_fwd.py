@@ -92,7 +92,7 @@ def _masses(l_i, m_i, S, Vs, Vns, q, lo, hi, K_blk, skn, n_kv, offs_n, offs_d, d
 def fwd_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS,
                sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, som, soh,
                smb, smh, smm, smn, scb, scn, slb_b, slb_h, sam_b, sam_h, svp_b, svp_h, shs_b, shs_h,
-               qk_scale, var_rho, var_min_mass, M, N, H, G,
+               qk_scale, var_rho, var_min_mass, M, N, H, G, AMP_START,
                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                GROUP: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, LOAD_CLS: tl.constexpr,
                HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr, VAR_PASS: tl.constexpr, HAS_HS: tl.constexpr,
@@ -110,7 +110,7 @@ def fwd_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS,
     i_row = tl.minimum(rows // GROUP, M - 1)
     h_row = h0 + rows % GROUP
     qpos = N - M + i_row
-    is_last = rows_ok & (i_row == M - 1)
+    is_last = rows_ok & (qpos >= AMP_START)  # rows that get the dual-stream emphasis (default: the last one)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM

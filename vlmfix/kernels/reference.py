@@ -135,7 +135,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
     s = torch.matmul(q.to(acc), kk.transpose(-1, -2)) * scale  # (B,H,M,N)
 
     cls = params.key_class
-    if cls is None and not params.is_identity and params.head_scale is None:
+    if cls is None and (params.log_bias is not None or params.amp is not None or params.var_p is not None):
         raise ValueError("key_class is required when log_bias, amp or var_p is given")
     if params.amp is not None:
         amp = _per_key(params.amp.to(acc), cls)  # (B,H,1,N)

@@ -1,10 +1,13 @@
 """Triton backend of ``vlmfix.kernels.attention``: same signature, return convention and semantics as ``reference``.
 
-Three launches at most. Queries of more than one row go to the fused forward kernel (``_tri_fwd``); a single query
-row (decode) goes to the split-K decode kernel, plus a combine launch when the keys are split (``_tri_decode``);
-``last_row_probs`` adds one small launch. The wrapper is on the per-layer, per-token path of host-bound generation,
-so it does no host synchronisation and allocates nothing but the output (and statistics, when asked for): the split
-workspace is cached per device and every choice is plain integer arithmetic on shapes.
+Queries of more than one row go to the fused forward kernel (``_tri_fwd``; with VAR, by default two launches of
+it: see ``VAR_LAUNCH``); a single query row (decode) goes to the split-K decode kernel, plus a combine launch when
+the keys are split (``_tri_decode``); ``last_row_probs`` adds one small launch. Three launches at most.
+
+The wrapper is on the per-layer, per-token path of host-bound generation, so it does no host synchronisation and
+allocates nothing but the output (and statistics, when asked for): the split workspace is cached per device and
+every choice is plain integer arithmetic on shapes. Offsets inside the kernels are 32-bit: each tensor must have
+fewer than 2**31 elements.
 
 Set ``TRITON_INTERPRET=1`` before importing this module to run the kernels on the CPU (tests only).
 """
@@ -27,7 +30,7 @@ _STATS = frozenset(STATS)
 _NO_STATS = frozenset()
 
 # Launch configurations. The interpreter gets small blocks so that small test shapes still cover several tiles,
-# several key blocks and split decoding; on the GPU they are what measured fastest on an H200 (docs/kernels.md).
+# several key blocks and split decoding; on the GPU they are the ones measured on an H200 (docs/kernels.md).
 # Keys: (kernel, "half" | "fp32").
 if INTERPRET:
     CONFIGS = {
@@ -157,6 +160,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
 
     cls = lb = amp = var_p = hs = None
     rho = min_mass = 0.0
+    amp_start = n - 1
     if params is not None and not params.is_identity:
         cls, lb, amp, var_p, hs = params.key_class, params.log_bias, params.amp, params.var_p, params.head_scale
         if cls is None and (lb is not None or amp is not None or var_p is not None):
@@ -164,6 +168,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
         lb, amp = _table(lb, 16), _table(amp, 16)
         var_p, hs = _table(var_p, None), _table(hs, None)
         rho, min_mass = float(params.var_rho), float(params.var_min_mass)
+        if params.amp_start is not None:
+            amp_start = int(params.amp_start)
+            if m == 1 and amp_start > n - 1:
+                amp = None  # the single decode row is before the emphasis start
     elif params is not None:
         cls = params.key_class
 
@@ -216,7 +224,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
             ws_o = ws_s = ws_m = out
         decode_kernel[(splits, bsz * hkv)](
             q, k, v, out, *ptrs, ws_o, ws_s, ws_m,
-            qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], m * hq * d, d, ms[0], ms[1], ms[3], *cs, *lbs, *ams, *vps, *hss,
+            qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], m * hq * d, d, ms[0], ms[1], ms[3],
+            *cs, *lbs, *ams, *vps, *hss,
             qk_scale, rho, min_mass, n, hq, group, chunk,
             HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=block_m, SPLITS=splits, PARTS=parts, GROUP=group,
             DOT_FP32=dot_fp32, LOAD_CLS=load_cls or var_p is not None, **common, **cfg)
@@ -234,7 +243,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
         grid = (triton.cdiv(m * pack, block_m), bsz * (hq // pack))
         args = (q, k, v, out, *ptrs,
                 qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], m * hq * d, hq * d, d,
-                *ms, *cs, *lbs, *ams, *vps, *hss, qk_scale, rho, min_mass, m, n, hq, group)
+                *ms, *cs, *lbs, *ams, *vps, *hss, qk_scale, rho, min_mass, m, n, hq, group, amp_start)
         kw = dict(HEAD_DIM=d, BLOCK_D=block_d, GROUP=pack, CAUSAL=mask is None, LOAD_CLS=load_cls,
                   DOT_FP32=dot_fp32, **common, **cfg)
         if var_p is None:
