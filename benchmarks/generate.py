@@ -404,14 +404,21 @@ class Runner:
                     self.skipped.append(msg)
                     return
         warm_tokens = min(args.new_tokens, args.warm_tokens)
+        ok = []
         for cfg in cfgs:
-            dt, _, stats, syncs = self.generate(bench, inputs, cfg, warm_tokens, audit=True)
+            try:
+                dt, _, stats, syncs = self.generate(bench, inputs, cfg, warm_tokens, audit=True)
+            except Exception as exc:  # keep measuring the others; the failure is reported
+                self.fail(name, batch, cfg, exc)
+                continue
+            ok.append(cfg)
             if stats:
                 self.stats[(name, batch, *cfg)] = stats
             if syncs is not None:
                 self.syncs[(name, batch, *cfg)] = syncs
             log(f"warm {name} b{batch} {cfg[0]:<11} {cfg[1]:<6} {dt:6.2f}s {stats if stats else ''}"
                 + (f" syncs {syncs['total']} {syncs['sites']}" if syncs else ""))
+        cfgs = ok
         for r in range(args.repeats):
             order = cfgs if r % 2 == 0 else cfgs[::-1]
             for cfg in order:
@@ -421,7 +428,11 @@ class Runner:
                     log(msg)
                     self.skipped.append(msg)
                     return
-                dt, mem, stats, _ = self.generate(bench, inputs, cfg, args.new_tokens)
+                try:
+                    dt, mem, stats, _ = self.generate(bench, inputs, cfg, args.new_tokens)
+                except Exception as exc:
+                    self.fail(name, batch, cfg, exc)
+                    continue
                 key = (name, batch, *cfg)
                 self.times.setdefault(key, []).append(dt)
                 self.mems.setdefault(key, []).append(mem)
@@ -433,6 +444,19 @@ class Runner:
                     f"{batch * args.new_tokens / dt:8.1f} tok/s  peak {mem:6.2f} GiB")
                 self.write()
 
+    def fail(self, name, batch, cfg, exc):
+        import traceback
+
+        msg = f"FAILED {name} b{batch} {cfg[0]}/{cfg[1]}: {type(exc).__name__}: {str(exc)[:300]}"
+        log(msg)
+        traceback.print_exc()
+        self.notes.append(msg)
+        if self.cuda:
+            torch.cuda.empty_cache()
+        if vlmfix.is_patched(self.benches[name].model):
+            vlmfix.unpatch(self.benches[name].model)
+        self.write()
+
     # -- results ---------------------------------------------------------------------------------------------------
     def records(self):
         recs = []
@@ -440,15 +464,16 @@ class Runner:
             model, batch, method, backend = key
             van = self.times.get((model, batch, "vanilla", "sdpa"))
             tps = batch * self.args.new_tokens / statistics.median(ts)
-            mem = statistics.median(self.mems[key])
-            v_tps = batch * self.args.new_tokens / statistics.median(van) if van else float("nan")
-            v_mem = statistics.median(self.mems[(model, batch, "vanilla", "sdpa")]) if van else float("nan")
+            mem = statistics.median(self.mems[key]) if self.cuda else None
+            v_tps = batch * self.args.new_tokens / statistics.median(van) if van else None
+            v_mem = statistics.median(self.mems[(model, batch, "vanilla", "sdpa")]) if van and self.cuda else None
             bench = self.benches[model]
             rec = {"model": model, "batch": batch, "method": method, "backend": backend,
-                   "tokens_per_s": round(tps, 2), "vanilla_tokens_per_s": round(v_tps, 2),
+                   "tokens_per_s": round(tps, 2), "vanilla_tokens_per_s": None if v_tps is None else round(v_tps, 2),
                    "ratio": round(tps / v_tps, 4) if van else None,
-                   "peak_mem_gb": round(mem, 3), "vanilla_peak_mem_gb": round(v_mem, 3),
-                   "mem_ratio": round(mem / v_mem, 4) if van and v_mem == v_mem and v_mem > 0 else None,
+                   "peak_mem_gb": None if mem is None else round(mem, 3),
+                   "vanilla_peak_mem_gb": None if v_mem is None else round(v_mem, 3),
+                   "mem_ratio": round(mem / v_mem, 4) if mem is not None and v_mem else None,
                    "n_repeats": len(ts), "times_s": [round(t, 3) for t in ts],
                    "prompt_tokens": bench.prompt_len, "image_tokens": bench.n_image_tokens,
                    "new_tokens": self.args.new_tokens}
@@ -489,7 +514,7 @@ class Runner:
         recs = self.records()
         stem = self.args.stem
         with open(os.path.join(out, f"{stem}.json"), "w") as f:
-            json.dump(recs, f, indent=1)
+            json.dump(recs, f, indent=1, allow_nan=False)
         with open(os.path.join(out, f"{stem}.md"), "w") as f:
             f.write(self.markdown(recs))
 
@@ -524,9 +549,13 @@ class Runner:
                 sel.append(f"heads/layer {r['vhr_heads_per_layer']}")
             ratio = "" if r["ratio"] is None else f"{r['ratio']:.3f}"
             mr = "" if r.get("mem_ratio") is None else f"{r['mem_ratio']:.3f}"
+            def num(x, fmt):
+                return "" if x is None else format(x, fmt)
+
             lines.append(f"| {r['model']} | {r['batch']} | {r['method']} | {r['backend']} | {r['tokens_per_s']:.1f} | "
-                         f"{r['vanilla_tokens_per_s']:.1f} | {ratio} | {r['peak_mem_gb']:.2f} | "
-                         f"{r['vanilla_peak_mem_gb']:.2f} | {mr} | {bars} | {r['n_repeats']} | {'; '.join(sel)} |")
+                         f"{num(r['vanilla_tokens_per_s'], '.1f')} | {ratio} | {num(r['peak_mem_gb'], '.2f')} | "
+                         f"{num(r['vanilla_peak_mem_gb'], '.2f')} | {mr} | {bars} | {r['n_repeats']} | "
+                         f"{'; '.join(sel)} |")
         synced = [r for r in recs if "warmup_syncs" in r]
         if synced:
             lines += ["", f"Host-device synchronisations during the {self.args.warm_tokens}-token warm-up generate "
@@ -612,8 +641,9 @@ def main(argv=None):
     for r in recs:
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.3f}"
         mr = "" if r.get("mem_ratio") is None else f"{r['mem_ratio']:.3f}"
+        peak = "" if r["peak_mem_gb"] is None else f"{r['peak_mem_gb']:.2f}"
         print(f"{r['model']:<9} {r['batch']:>2} {r['method']:<12} {r['backend']:<7} {r['tokens_per_s']:8.1f} "
-              f"{ratio:>6} {r['peak_mem_gb']:8.2f} {mr:>6} {r['n_repeats']}")
+              f"{ratio:>6} {peak:>8} {mr:>6} {r['n_repeats']}")
     for s in runner.skipped:
         print(s)
     log("done")

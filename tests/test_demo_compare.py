@@ -176,7 +176,7 @@ def handler(tiny, scenes):
              "carve", "n_tokens"]
 
     def run(record, prompt=PROMPT, **over):
-        args = [over.get(name, value) for name, value in zip(names, defaults)]
+        args = [over.get(name, value) for name, value in zip(names, defaults, strict=True)]
         return list(app.vlmfix_compare(record, prompt, *args))
 
     yield run
@@ -201,7 +201,7 @@ def _upload(tmp_name, data: bytes | None = None, image: Image.Image | None = Non
     return {"path": str(path), "orig_name": tmp_name}
 
 
-def test_handler_streams_both_columns_and_marks_hallucinations(handler, example):
+def test_handler_streams_both_columns_and_marks_hallucinations(handler, tiny, example):
     path, truth = example
     steps = handler({"path": str(path), "orig_name": path.name}, var=False)
     final = steps[-1]
@@ -210,8 +210,24 @@ def test_handler_streams_both_columns_and_marks_hallucinations(handler, example)
     assert isinstance(base_heat, Image.Image) and isinstance(mit_heat, Image.Image)
     assert "s**" in base_stats and "VHR(alpha=2, exact)" in mit_stats
     assert "Done." in status and "In the picture:" in status
-    for segments in (base_text, mit_text):
-        assert all(label in (None, GROUNDED, HALLUCINATED) for _, label in segments)
+    assert 'class="vf-answer-text"' in base_text and 'class="vf-answer-text"' in mit_text
+    # one red mark per hallucinated mention of the final answer, plus the legend's sample mark
+    res = compare(*tiny, path, PROMPT, [vlmfix.VHR()], max_new_tokens=N_TOKENS, truth=truth)
+    n_bad = sum(m.category not in truth.objects for m in res.baseline.mentions)
+    assert base_text.count('class="vf-hall"') == n_bad + 1
+    assert f"baseline {len(res.baseline.hallucinated)}" in status
+
+
+def test_answer_html_escapes_model_text(scenes):
+    pytest.importorskip("gradio", reason="the page needs gradio: pip install 'vlmfix[demo]'")
+    from vlmfix.demo.app import _answer_html
+    from vlmfix.demo.compare import Progress, SideResult
+
+    text = "a <script>alert(1)</script> giraffe & a bench"
+    done = Progress(text=text, seconds=1.0, result=SideResult("baseline", (), text, [], 1.0))
+    out = _answer_html(done, scenes.truth(1))
+    assert "<script>" not in out and "&lt;script&gt;" in out and "&amp;" in out
+    assert '<mark class="vf-hall" title="hallucinated">giraffe</mark>' in out
 
 
 @pytest.mark.parametrize("make, message", [

@@ -81,7 +81,7 @@ def _status_contains(page, text, timeout=30_000):
 def test_pick_example_compare_and_see_both_columns(page, tmp_path):
     page.locator('#vf-examples [data-testid="dataset-cell-0-0"]').click()
     page.locator("#vf-image img").wait_for(timeout=15_000)
-    page.locator("#vf-use-vhr input").check()  # VAR (ticked by default) + VHR
+    page.locator("#vf-use-var input").check()  # VAR + VHR (ticked by default)
     page.locator("#vf-compare").click()
     for side in ("baseline", "mitigated"):
         page.locator(f"#vf-{side}-heat img").wait_for(timeout=60_000)

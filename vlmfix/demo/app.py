@@ -17,6 +17,7 @@ Two choices worth knowing:
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 import threading
@@ -38,10 +39,14 @@ from .objects import GROUNDED, HALLUCINATED, Example, SceneIndex, highlight, war
 log = logging.getLogger("vlmfix.demo")
 
 DEFAULT_PROMPT = "Please describe this image in detail."
-COLORS = {HALLUCINATED: "#ef4444", GROUNDED: "#22c55e"}
+MARK_CLASS = {HALLUCINATED: "vf-hall", GROUNDED: "vf-ok"}
 CSS = """
-.vf-answer { height: 11em; overflow-y: auto; }  /* fixed, so the two heat maps line up */
-.vf-answer .textfield { word-break: normal; overflow-wrap: anywhere; }  /* wrap answers between words */
+.vf-answer { min-height: 9em; }
+.vf-answer-text { line-height: 1.7; white-space: pre-wrap; overflow-wrap: anywhere; margin-top: 1.9em; }
+.vf-answer mark { border-radius: 4px; padding: 1px 3px; font-weight: 600; }
+.vf-answer mark.vf-hall { background: #fecaca; color: #991b1b; }
+.vf-answer mark.vf-ok { background: #bbf7d0; color: #166534; }
+.vf-legend { font-size: 0.8em; opacity: 0.75; margin-top: 0.6em; }
 .vf-stats p { font-size: 0.9em; margin: 0; }
 #vf-status p { margin: 0.2em 0; }
 footer { display: none !important; }
@@ -91,22 +96,24 @@ def build_app(model, processor, *, scenes: SceneIndex | None = None, examples: l
                 raise DemoInputError("Tick at least one method for the mitigated column.")
             truth = scenes.truth_for_file(path) if scenes is not None else None
             label = M.describe(cfgs)
-            yield ([], "", None, [], "", None, "Running the unmodified model first, then the patched one…")
+            empty = _answer_html(None, None)
+            yield (empty, "", None, empty, "", None, "Running the unmodified model first, then the patched one…")
             base = mit = None
             base_shown = False
             for base, mit in stream_compare(model, processor, image, prompt, cfgs, truth=truth,
                                             max_new_tokens=int(n_tokens or max_new_tokens)):
                 if not base.done:
-                    yield (_segments(base, truth), _stats(base), skip, skip, skip, skip, skip)
+                    yield (_answer_html(base, truth), _stats(base), skip, skip, skip, skip, skip)
                 elif not base_shown:  # baseline finished: its map (own scale until both exist) and a waiting note
                     base_shown = True
-                    yield (_segments(base, truth), _stats(base), side_overlay(base.result), [], _stats(mit, label),
-                           skip, skip)
+                    yield (_answer_html(base, truth), _stats(base), side_overlay(base.result), empty,
+                           _stats(mit, label), skip, skip)
                 else:
-                    yield (skip, skip, skip, _segments(mit, truth), _stats(mit, label), skip, skip)
+                    yield (skip, skip, skip, _answer_html(mit, truth), _stats(mit, label), skip, skip)
             scale = shared_scale(base.result, mit.result)
-            yield (_segments(base, truth), _stats(base), side_overlay(base.result, scale), _segments(mit, truth),
-                   _stats(mit, label), side_overlay(mit.result, scale), _summary(base.result, mit.result, truth))
+            yield (_answer_html(base, truth), _stats(base), side_overlay(base.result, scale),
+                   _answer_html(mit, truth), _stats(mit, label), side_overlay(mit.result, scale),
+                   _summary(base.result, mit.result, truth))
         except DemoInputError as exc:
             gr.Warning(str(exc))
             yield (skip, skip, skip, skip, skip, skip, f"**Note:** {exc}")
@@ -194,8 +201,8 @@ def _method_controls(gr) -> dict:
 def _answer_column(gr, title: str, key: str):
     with gr.Column(min_width=280):
         gr.Markdown(f"### {title}")
-        text = gr.HighlightedText(label="Answer", color_map=COLORS, show_legend=True, combine_adjacent=False,
-                                  elem_id=f"vf-{key}-answer", elem_classes=["vf-answer"])
+        text = gr.HTML(_answer_html(None, None), label="Answer", show_label=True, container=True, padding=True,
+                       elem_id=f"vf-{key}-answer", elem_classes=["vf-answer"])
         heat = gr.Image(label="Where the answer looked", type="pil", interactive=False, height=300,
                         elem_id=f"vf-{key}-heat", buttons=["download", "fullscreen"])
         stats = gr.Markdown("", elem_id=f"vf-{key}-stats", elem_classes=["vf-stats"])
@@ -218,11 +225,20 @@ def _upload_path(record, example_root: Path | None) -> str | None:
     return str(resolved)
 
 
-def _segments(progress, truth):
+def _answer_html(progress, truth) -> str:
+    """The answer as inline HTML: mentioned objects marked once the answer is complete. Model text is escaped."""
+    if progress is None:
+        return '<div class="vf-answer-text"></div>'
     text = progress.result.text if progress.done else progress.text
-    if not progress.done:
-        return [(text, None)] if text else []
-    return highlight(text, truth)
+    segments = highlight(text, truth) if progress.done else [(text, None)]
+    body = "".join(html.escape(part) if label is None else
+                   f'<mark class="{MARK_CLASS[label]}" title="{label}">{html.escape(part)}</mark>'
+                   for part, label in segments)
+    legend = ""
+    if progress.done and truth is not None:
+        legend = ('<div class="vf-legend"><mark class="vf-hall">red</mark> mentioned but not in the picture · '
+                  '<mark class="vf-ok">green</mark> in the picture</div>')
+    return f'<div class="vf-answer-text">{body}</div>{legend}'
 
 
 def _stats(progress, label: str | None = None) -> str:

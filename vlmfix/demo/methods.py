@@ -42,7 +42,9 @@ KNOBS = {
 CLASSES = {"var": VAR, "vhr": VHR, "dual_stream": DualStream}
 TITLES = {"var": "VAR: visual attention sink redistribution", "vhr": "VHR: vision-aware head reinforcement",
           "dual_stream": "Dual-stream token emphasis", "carve": "CARVE: contrastive attention refinement"}
-DEFAULT_METHODS = ("var",)
+# Ticked when the page opens. VHR rather than VAR: VAR needs attention-sink channels, and the embedded testbed model
+# has none it can find (VAR then changes nothing and says so), while VHR visibly changes the testbed's answers.
+DEFAULT_METHODS = ("vhr",)
 
 
 def default(method: str, field: str):

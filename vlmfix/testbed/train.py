@@ -105,8 +105,9 @@ def to_pixels(imgs_u8: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
-def train(out_dir, n_train=30000, steps=None, time_budget=None, batch_size=256, lr=6e-4, device="cpu",
-          workers=None, n_eval=500, seed=0, eval_points=(0.4, 0.55, 0.7, 0.85, 1.0), log=print, save_dtype=torch.bfloat16):
+def train(out_dir, n_train=40000, steps=None, time_budget=300.0, batch_size=512, lr=8e-4, device="cpu",
+          workers=None, n_eval=500, seed=0, eval_points=(0.4, 0.55, 0.7, 0.85, 1.0), log=print,
+          save_dtype=torch.bfloat16):
     """Build, train, evaluate and save; returns the metrics dict (also written to ``out_dir/metrics.json``)."""
     t0 = time.time()
     out = Path(out_dir)

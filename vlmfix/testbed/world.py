@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from .categories import coco_categories, synonyms_table
 from .scene import DEFAULT_P_PARTNER, IMAGE_SIZE, Scene, render_scene
 from .text import captions, detailed_description
 
-WORLD_VERSION = "1"
+WORLD_VERSION = "2"
 EVAL_SEED = 20260
 TRAIN_SEED = 1
 
@@ -86,14 +88,36 @@ def build_world(out_dir, n_images: int, seed: int, split: str = "val", p_partner
 def default_eval_world(root=None, n_images: int = 500) -> Path:
     """The held-out evaluation world (fixed seed), built once and cached.
 
-    Lives under ``root`` or ``~/.cache/vlmfix/testbed_world_<version>``; a marker file written last makes an
-    interrupted build get redone rather than reused.
+    Lives under ``root`` or ``~/.cache/vlmfix/testbed_world_<version>`` (``..._n<N>`` for other sizes). It is built in
+    a private temporary folder and moved into place, so concurrent first uses (tests, demo, CLI) and interrupted
+    builds never leave a half-written world behind.
     """
-    base = Path(root) if root is not None else Path.home() / ".cache" / "vlmfix" / f"testbed_world_{WORLD_VERSION}"
-    marker = base / f".complete_{n_images}"
-    if not marker.exists():
-        build_world(base, n_images, EVAL_SEED, split="val")
-        marker.write_text("ok")
+    if root is None:
+        name = f"testbed_world_{WORLD_VERSION}" + ("" if n_images == 500 else f"_n{n_images}")
+        base = Path.home() / ".cache" / "vlmfix" / name
+    else:
+        base = Path(root)
+    marker = f".complete_{n_images}"
+    if (base / marker).exists():
+        return base
+    base.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{base.name}.", dir=base.parent))
+    try:
+        build_world(tmp, n_images, EVAL_SEED, split="val")
+        (tmp / marker).write_text("ok")
+        if (base / marker).exists():  # another process finished first
+            return base
+        base.mkdir(parents=True, exist_ok=True)
+        for old in [*base.glob(".complete_*"), base / "images", base / "annotations"]:
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            elif old.exists():
+                old.unlink()
+        for part in ("images", "annotations"):
+            os.replace(tmp / part, base / part)
+        os.replace(tmp / marker, base / marker)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return base
 
 

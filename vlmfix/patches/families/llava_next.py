@@ -9,21 +9,16 @@ from __future__ import annotations
 import torch
 from transformers.models.llava_next import modeling_llava_next as mln
 
-from ..adapter import FamilyAdapter, register
+from ..adapter import register
 from ._scores import align_cls, stack_calls
-from .llava import feature_layer_index
+from .llava import LlavaAdapter
 
 
 @register
-class LlavaNextAdapter(FamilyAdapter):
+class LlavaNextAdapter(LlavaAdapter):
+    """Same tower and feature layer as LLaVA-1.5; only the patch-to-token layout differs."""
+
     model_types = ("llava_next",)
-    vision_has_cls = True
-
-    def vision_tower(self):
-        return self.model.model.vision_tower
-
-    def summary_layer(self) -> int:
-        return feature_layer_index(self.config.vision_feature_layer, len(self.vision_attention_modules()))
 
     def patch_scores_to_tokens(self, scores, forward_kwargs):
         strategy = getattr(self.config, "vision_feature_select_strategy", "default")
