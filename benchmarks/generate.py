@@ -28,7 +28,9 @@ Dual-stream's local / summary token counts and VHR's selected heads per layer ar
 Methods: ``var``, ``vhr_fused``, ``vhr_exact``, ``dual_stream`` and ``all`` (VAR + VHR fused + dual-stream), each
 through our kernels (``backend=triton``) and the torch reference (``backend=torch``). Phases run in priority order:
 first vanilla + every method through the Triton backend for every (model, batch), then eager + the torch reference.
-With ``--budget-s`` a phase starts only if its estimated time fits; results are rewritten after every timed run, so
+With ``--budget-s`` a phase starts only if its warm-ups and one timed round are estimated to fit, and a timed run
+starts only if it is estimated to end inside the budget (``n_repeats`` says how many were timed); results are
+rewritten after every timed run, so
 an interrupted run leaves valid (partial) JSON and Markdown behind. On CUDA the warm-up generates run under the sync
 debug mode, and the host-device synchronisations are counted by calling line (``warmup_syncs``).
 """
@@ -396,7 +398,7 @@ class Runner:
         if args.budget_s:
             each = [self.est(name, batch, c) for c in cfgs]
             if all(e is not None for e in each):
-                need = args.repeats * sum(each) + 0.4 * sum(each)  # timed rounds + warm-ups
+                need = 1.4 * sum(each)  # warm-ups + one timed round; later rounds stop at the budget
                 left = args.budget_s - self.elapsed()
                 if need > left:
                     msg = f"skipped {name} b{batch} {label}: needs ~{need:.0f}s, {left:.0f}s left in the budget"

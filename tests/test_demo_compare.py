@@ -269,3 +269,14 @@ def test_cli_defaults_bind_localhost(monkeypatch, tiny):
     monkeypatch.setattr(loading, "load", lambda *a: (_ for _ in ()).throw(loading.LoadError("no weights here")))
     res = CliRunner().invoke(cli, ["demo"])
     assert res.exit_code == 1 and "no weights here" in res.output and "Traceback" not in res.output
+
+
+def test_mentions_without_the_chair_evaluator(monkeypatch):
+    """The plain matcher used when ``vlmfix.eval`` is absent: names, listed synonyms, simple plurals, two-word names."""
+    from vlmfix.demo import objects
+
+    monkeypatch.setattr(objects, "_chair_parser", lambda *a: None)
+    finder = objects.MentionFinder({"cup": ["cup", "mug"], "traffic light": ["traffic light"], "bus": ["bus"]})
+    found = finder.find("Two mugs, a bus, buses and traffic lights; a cupboard.")
+    assert [(m.surface, m.category) for m in found] == [("mugs", "cup"), ("bus", "bus"), ("buses", "bus"),
+                                                          ("traffic lights", "traffic light")]

@@ -26,7 +26,8 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 @click.option("--n-examples", default=8, show_default=True, type=click.IntRange(0, 64))
 @click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(1, 512))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind; localhost by default.")
-@click.option("--port", default=7860, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
+@click.option("--port", default=7860, show_default=True, type=click.IntRange(0, 65535),
+              help="0: the first free port from 7860 up.")
 @click.option("--share", is_flag=True, help="Also publish a temporary public Gradio link (needs internet).")
 def demo(model_spec, device, dtype, examples_dir, n_examples, max_new_tokens, host, port, share):
     """Launch the Gradio baseline-vs-mitigated comparison demo."""

@@ -129,8 +129,9 @@ class SideResult:
     label: str
     methods: tuple
     text: str
-    token_ids: list
+    token_ids: list  # everything generate produced after the prompt (end-of-sequence token included)
     seconds: float
+    n_tokens: int = 0  # answer tokens, special tokens not counted
     heatmap: np.ndarray | None = None  # (rows, cols) mean attention per image patch, answer tokens x layers
     image_share: float | None = None  # mean share of the answer's attention that went to image tokens
     view: Image.Image | None = None  # the picture as the model saw it (what the heat map lies over)
@@ -138,10 +139,6 @@ class SideResult:
     hallucinated: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     heat_kind: str = "attention"  # or "saliency" (CARVE's map: a ratio, never put on the attention colour scale)
-
-    @property
-    def n_tokens(self) -> int:
-        return len(self.token_ids)
 
 
 @dataclass
@@ -235,10 +232,9 @@ def stream_side(model, processor, image, prompt, methods=(), *, label=None, max_
     prompt_len = inputs["input_ids"].shape[1]
     ids = [int(t) for t in box["out"][0, prompt_len:].tolist()]
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    answer_ids = [t for t in ids if t not in special]
     final = tokenizer.decode(ids, skip_special_tokens=True).strip()
-    result = SideResult(label=label, methods=methods, text=final, token_ids=answer_ids,
-                        seconds=box["t1"] - box["t0"], notes=box["notes"])
+    result = SideResult(label=label, methods=methods, text=final, token_ids=ids, seconds=box["t1"] - box["t0"],
+                        n_tokens=sum(t not in special for t in ids), notes=box["notes"])
     _attach_heatmap(result, box["maps"], model, inputs, image, processor)
     _attach_truth(result, truth)
     yield Progress(text=final, seconds=result.seconds, result=result)
