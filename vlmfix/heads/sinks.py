@@ -85,11 +85,16 @@ def _ratios(hidden: torch.Tensor) -> torch.Tensor:
 
 
 def sink_scores(hidden: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
-    """phi per token: max over ``dims`` of |x_d| / RMS(x); hidden (B, T, D) -> (B, T) float32."""
-    dims = _check_hidden(hidden, dims)
+    """phi per token: max over ``dims`` of |x_d| / RMS(x); hidden (B, T, D) -> (B, T) float32.
+
+    ``dims`` may be a long tensor on ``hidden``'s device (checked once by the caller): then no host-to-device copy
+    happens, which matters when this runs in every layer of every decode step.
+    """
+    if not isinstance(dims, torch.Tensor):
+        dims = torch.tensor(_check_hidden(hidden, dims), dtype=torch.long, device=hidden.device)
     x = hidden.float()
     inv_rms = torch.rsqrt(x.pow(2).mean(dim=-1) + RMS_EPS)
-    return x[..., dims].abs().amax(dim=-1) * inv_rms
+    return x.index_select(-1, dims).abs().amax(dim=-1) * inv_rms
 
 
 def detect_sinks(hidden: torch.Tensor, dims: Sequence[int], tau: float = 20.0, strict: bool = False) -> torch.Tensor:

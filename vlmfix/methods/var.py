@@ -26,6 +26,7 @@ class VarRuntime(MethodRuntime):
         self.sinks: dict[int, torch.Tensor] = {}
         self._warned = False
         self._var_p = None
+        self._dims_t = None  # sink dims as a device tensor: no host copy per layer and step
 
     def install(self, session):
         handles = []
@@ -40,16 +41,22 @@ class VarRuntime(MethodRuntime):
             if session.is_suspended or seq is None or not seq.has_visual or not self.dims:
                 return None
             hidden = args[0] if args else kwargs["hidden_states"]
+            dims = self._dims_on(hidden.device)
             if seq.new_sequence:
-                self.sinks[idx] = detect_sinks(hidden, self.dims, self.cfg.tau, strict=self.cfg.compat)
+                self.sinks[idx] = detect_sinks(hidden, dims, self.cfg.tau, strict=self.cfg.compat)
             elif idx in self.sinks:
                 detect = self.cfg.detect_on_decode and not self.cfg.compat
-                new = (detect_sinks(hidden, self.dims, self.cfg.tau, strict=self.cfg.compat) if detect
+                new = (detect_sinks(hidden, dims, self.cfg.tau, strict=self.cfg.compat) if detect
                        else torch.zeros(hidden.shape[:2], dtype=torch.bool, device=hidden.device))
                 self.sinks[idx] = torch.cat([self.sinks[idx], new], dim=1)
             return None
 
         return pre_hook
+
+    def _dims_on(self, device):
+        if self._dims_t is None or self._dims_t.device != device or self._dims_t.numel() != len(self.dims):
+            self._dims_t = torch.tensor(self.dims, dtype=torch.long, device=device)
+        return self._dims_t
 
     def start_sequence(self, session, kwargs):
         self.sinks = {}

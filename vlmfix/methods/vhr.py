@@ -18,6 +18,10 @@ from ..kernels import NUM_CLASSES, VISUAL
 from .base import MethodRuntime
 
 
+# a log-bias row that removes every visual key class: attention "without the image" inside the same pass
+_VISUAL_OFF = torch.tensor([float("-inf") if c & VISUAL else 0.0 for c in range(NUM_CLASSES)])
+
+
 class VhrRuntime(MethodRuntime):
     start_priority = 0
 
@@ -80,8 +84,7 @@ class VhrRuntime(MethodRuntime):
         params = dataclasses.replace(call.params, head_scale=None, key_class=call.classes)
         full, _ = call.kernel(q_last, mask=mask, params=params)
         b, h = call.query.shape[:2]
-        drop_visual = torch.zeros(b, h, NUM_CLASSES, dtype=torch.float32, device=call.query.device)
-        drop_visual[:, :, [c for c in range(NUM_CLASSES) if c & VISUAL]] = float("-inf")
+        drop_visual = _VISUAL_OFF.to(call.query.device).expand(b, h, NUM_CLASSES)
         if params.log_bias is not None:
             drop_visual = drop_visual + params.log_bias
         text_only, _ = call.kernel(q_last, mask=mask, params=dataclasses.replace(params, log_bias=drop_visual,

@@ -61,6 +61,7 @@ class PatchSession:
         self.n_layers = len(adapter.decoder_layers())
         self.visual_ids = adapter.visual_token_ids()
         self.seq: SequenceState | None = None
+        self._visual_ids_t = None
         self.image_kwargs: dict = {}  # arguments of the last image-encoder call (sizes, grids)
         self.record: AttentionRecord | None = None
         self._suspended = 0
@@ -118,7 +119,10 @@ class PatchSession:
             self._start(input_ids, kwargs)
 
     def _visual(self, input_ids):
-        return torch.isin(input_ids, torch.tensor(self.visual_ids, device=input_ids.device))
+        ids = self._visual_ids_t
+        if ids is None or ids.device != input_ids.device:
+            ids = self._visual_ids_t = torch.tensor(self.visual_ids, device=input_ids.device)
+        return torch.isin(input_ids, ids)
 
     def _continues(self, input_ids, kwargs) -> bool:
         """A cache-free generation step: the same rows as the last forward plus new tokens, with ``use_cache=False``.

@@ -153,11 +153,16 @@ def evaluate(model, tokenizer, pixel_values, present, themes, n_chair=None, batc
     return res
 
 
-def meets_spec(res: dict) -> bool:
-    """The testbed's acceptance bar for realistic hallucination (not a target for any mitigation)."""
+def meets_spec(res: dict, margin: float = 0.0) -> bool:
+    """The testbed's acceptance bar for realistic hallucination (not a target for any mitigation).
+
+    ``margin`` tightens the two bars that sit near their limits (adversarial F1 gap >= 5 points, random accuracy
+    <= 95 %) so that a checkpoint picked with this quick scorer still meets them under the full ``vlmfix eval``
+    protocol, whose question sample differs (the two were seen to disagree by ~0.7 F1 points on the gap).
+    """
     p = res["pope"]
-    return (p["random"]["f1"] - p["adversarial"]["f1"] >= 5 and res["chair"]["chair_i"] >= 5
-            and 75 <= p["random"]["accuracy"] <= 95)
+    return (p["random"]["f1"] - p["adversarial"]["f1"] >= 5 + margin and res["chair"]["chair_i"] >= 5
+            and 75 <= p["random"]["accuracy"] <= 95 - margin / 2)
 
 
 def evaluate_world(n_images: int = 500, root=None, device="cpu", model=None, processor=None) -> dict:
