@@ -13,7 +13,8 @@ import click
 
 from . import pope as P
 
-DEFAULT_COMPARE = ("baseline", "var")
+DEFAULT_COMPARE = ("baseline", "var", "vhr")
+DEFAULT_RUN_IMAGES = 50  # the no-argument run: a testbed subset that finishes in minutes on a laptop CPU
 
 
 def _slug(name: str) -> str:
@@ -84,7 +85,8 @@ def eval_group():
 @click.option("--questions", "questions_files", multiple=True, type=click.Path(dir_okay=False),
               help="Use these question files as they are (JSON lines: question_id, image, text, label); the split "
                    "is taken from the file name. Repeat for several splits.")
-@click.option("--num-images", default=500, show_default=True, type=click.IntRange(1))
+@click.option("--num-images", default=None, type=click.IntRange(1),
+              help="Images to build questions from (default 500; 50 for the no-argument testbed run).")
 @click.option("--parser", type=click.Choice(sorted(P.PARSERS)), default="official", show_default=True,
               help="official = POPE evaluate.py; opera = OPERA/PAI (n't, NO); strict = first word yes/no.")
 @click.option("--prompt-suffix", default="", show_default=True,
@@ -97,6 +99,9 @@ def pope_cmd(coco_annotations, images, split, questions_files, num_images, parse
     from .tasks import run_pope
     from .ui import pope_table, show
 
+    if num_images is None:
+        default_run = not any(kw[k] for k in ("model", "methods", "method_configs", "compare"))
+        num_images = DEFAULT_RUN_IMAGES if default_run and not coco_annotations and not questions_files else 500
     spec, opts = _common(kw, "pope")
     results = run_pope(model_spec=spec, opts=opts, annotations=coco_annotations, images=images,
                        questions_files=questions_files, split=split, num_images=num_images, seed=kw["seed"],
