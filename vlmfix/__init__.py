@@ -18,8 +18,16 @@ def carve(model, processor, image, question, config: CARVE | None = None, **kwar
     return _carve(model, processor, image, question, config=config, **kwargs)
 
 
+def __getattr__(name):
+    if name == "ImageFreeContrast":  # imported lazily: it pulls in generation utilities
+        from .pipelines.contrast import ImageFreeContrast
+
+        return ImageFreeContrast
+    raise AttributeError(f"module 'vlmfix' has no attribute {name!r}")
+
+
 __version__ = "0.1.0"
 
 __all__ = ["patch", "unpatch", "patched", "record_attention", "is_patched", "get_patch", "carve", "VAR", "VHR",
            "DualStream", "CARVE", "method_from", "heads", "PatchHandle", "UnsupportedModelError",
-           "supported_model_types", "__version__"]
+           "supported_model_types", "ImageFreeContrast", "__version__"]

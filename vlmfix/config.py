@@ -114,7 +114,8 @@ class DualStream:
     layers: LLM layers modified; ``None`` = 2 .. L-1 (paper: 2..31 of 32).
     summary_rule: summary tokens are Tukey outliers (> Q3 + 1.5 IQR) of CLS attention in the feature layer.
     Towers without a CLS token use the mean attention each patch *receives* in place of CLS attention (see
-    ``vlmfix.heads.dual_stream``).
+    ``vlmfix.heads.dual_stream``). PAI's logit contrast (gamma 1.1), which every reported run also used, is a
+    separate, optional logits processor: ``vlmfix.ImageFreeContrast``.
     """
 
     alpha: float = 0.7

@@ -103,6 +103,8 @@ class DualStreamRuntime(MethodRuntime):
 
     def contribute(self, call):
         kv_len = call.key.shape[2]
+        if self.bits is not None and self.scores["local"]:
+            self.scores = {"local": [], "summary": []}  # a cache-free step re-ran the tower: the selection stays
         if self.bits is None:
             self._finalize(call.session)
             classes = call.session.seq.classes
