@@ -16,7 +16,7 @@ FAMILIES = list(BUILDERS)
 # strengths that do something on tiny random models: sinks need a low tau (random weights have no massive
 # activations), dual-stream needs a ratio that selects at least one of a handful of visual tokens
 ACTIVE = {
-    "var": lambda: vlmfix.VAR(p=0.6, rho=0.2, min_visual_mass=0.05, sink_dims=(0, 1, 2), tau=1.5),
+    "var": lambda: vlmfix.VAR(p=0.6, rho=0.2, min_visual_mass=0.05, sink_dims=(0, 1, 2), tau=1.2),
     "vhr_exact": lambda: vlmfix.VHR(alpha=2.0, mode="exact"),
     "vhr_fused": lambda: vlmfix.VHR(alpha=2.0, mode="fused"),
     "dual_stream": lambda: vlmfix.DualStream(alpha=0.7, beta=0.4, local_ratio=0.5),

@@ -23,7 +23,10 @@ class VarRuntime(MethodRuntime):
         hidden = adapter.text_config().hidden_size
         if self.dims is not None and any(not 0 <= d < hidden for d in self.dims):
             raise ValueError(f"VAR sink_dims {self.dims} out of range for hidden size {hidden}")
-        self.sinks: dict[int, torch.Tensor] = {}
+        # per layer: an int32 buffer holding SINK or 0 per position (grown by doubling), and its filled length;
+        # decode steps write one column in place instead of re-concatenating the layer's whole history
+        self._sink_bits: dict[int, torch.Tensor] = {}
+        self._sink_len: dict[int, int] = {}
         self._warned = False
         self._var_p = None
         self._dims_t = None  # sink dims as a device tensor: no host copy per layer and step
@@ -43,15 +46,43 @@ class VarRuntime(MethodRuntime):
             hidden = args[0] if args else kwargs["hidden_states"]
             dims = self._dims_on(hidden.device)
             if seq.new_sequence:
-                self.sinks[idx] = detect_sinks(hidden, dims, self.cfg.tau, strict=self.cfg.compat)
-            elif idx in self.sinks:
-                detect = self.cfg.detect_on_decode and not self.cfg.compat
-                new = (detect_sinks(hidden, dims, self.cfg.tau, strict=self.cfg.compat) if detect
-                       else torch.zeros(hidden.shape[:2], dtype=torch.bool, device=hidden.device))
-                self.sinks[idx] = torch.cat([self.sinks[idx], new], dim=1)
+                self._write(idx, detect_sinks(hidden, dims, self.cfg.tau, strict=self.cfg.compat), fresh=True)
+            elif idx in self._sink_bits:
+                if self.cfg.detect_on_decode and not self.cfg.compat:
+                    self._write(idx, detect_sinks(hidden, dims, self.cfg.tau, strict=self.cfg.compat))
+                else:
+                    self._write(idx, None, n_new=hidden.shape[1])
             return None
 
         return pre_hook
+
+    def _write(self, idx, sinks, fresh=False, n_new=None):
+        """Append (or, for a new sequence, set) a layer's sink flags as SINK bits."""
+        start = 0 if fresh else self._sink_len[idx]
+        n = sinks.shape[1] if sinks is not None else n_new
+        buf = self._sink_bits.get(idx)
+        if fresh or buf is None or start + n > buf.shape[1]:
+            grown = torch.zeros(sinks.shape[0] if sinks is not None else buf.shape[0], 2 * (start + n) + 16,
+                                dtype=torch.int32, device=(sinks if sinks is not None else buf).device)
+            if not fresh and buf is not None:
+                grown[:, :start] = buf[:, :start]
+            buf = self._sink_bits[idx] = grown
+        if sinks is not None:
+            buf[:, start:start + n] = sinks.to(torch.int32) * SINK
+        else:
+            buf[:, start:start + n] = 0
+        self._sink_len[idx] = start + n
+
+    def sink_mask(self, layer: int) -> torch.Tensor | None:
+        """Bool (B, T): the sink tokens found at ``layer`` for every position of the current sequence."""
+        if layer not in self._sink_bits:
+            return None
+        return self._sink_bits[layer][:, : self._sink_len[layer]] != 0
+
+    @property
+    def sinks(self) -> dict[int, torch.Tensor]:
+        """Every VAR layer's sink mask (bool (B, T)) for the current sequence: a diagnostic view."""
+        return {layer: self.sink_mask(layer) for layer in self._sink_bits}
 
     def _dims_on(self, device):
         if self._dims_t is None or self._dims_t.device != device or self._dims_t.numel() != len(self.dims):
@@ -59,7 +90,7 @@ class VarRuntime(MethodRuntime):
         return self._dims_t
 
     def start_sequence(self, session, kwargs):
-        self.sinks = {}
+        self._sink_bits, self._sink_len = {}, {}
         if self.dims is None and session.seq.has_visual:
             drop = ("past_key_values", "cache", "use_cache", "return_dict", "output_hidden_states",
                     "output_attentions", "logits_to_keep")
@@ -74,19 +105,20 @@ class VarRuntime(MethodRuntime):
                               stacklevel=2)
 
     def contribute(self, call):
-        sinks = self.sinks.get(call.layer)
-        if sinks is None:
+        bits = self._sink_bits.get(call.layer)
+        if bits is None:
             return
         kv_len = call.key.shape[2]
-        sinks = sinks[:, -kv_len:]
-        call.classes = call.classes | (sinks.to(call.classes.dtype) * SINK)
+        length = self._sink_len[call.layer]
+        sink_bits = bits[:, length - kv_len:length]
+        call.classes = call.classes | sink_bits
         b, h = call.query.shape[:2]
         var_p = self._var_p
         if var_p is None or var_p.shape != (b, h) or var_p.device != call.query.device:
             var_p = self._var_p = torch.full((b, h), self.cfg.moved_fraction, dtype=torch.float32,
                                              device=call.query.device)
         if self.cfg.compat:  # the official code leaves a layer alone in a sample without any visual sink
-            has_visual_sink = (sinks & ((call.classes & VISUAL) != 0)).any(dim=1)
+            has_visual_sink = ((call.classes & (SINK | VISUAL)) == (SINK | VISUAL)).any(dim=1)
             var_p = var_p * has_visual_sink.unsqueeze(1)
         call.params.key_class = call.classes
         call.params.var_p = var_p
