@@ -1,7 +1,7 @@
 """End-to-end ``generate`` speed and peak memory of patched VLMs against vanilla SDPA and eager attention.
 
     python benchmarks/generate.py [--models llava,qwen2_vl] [--batches 1,8] [--repeats 3] [--out benchmarks/results]
-                                  [--backends triton,torch] [--budget-s SECONDS] [--quick] [--device cpu|cuda]
+                                  [--backends triton,torch] [--budget-s SECONDS] [--merge] [--quick] [--device cpu|cuda]
 
 Models are built from their configs with random bf16 weights directly on the device (no download, no init cost):
 
@@ -302,6 +302,7 @@ class Runner:
         self.mems: dict = {}
         self.stats: dict = {}
         self.syncs: dict = {}
+        self.prior: list = []  # records of an earlier run kept by --merge
         self.notes: list[str] = []
         self.skipped: list[str] = []
         self.step_est: dict = {}  # (model, batch) -> seconds per generate of vanilla
@@ -492,6 +493,8 @@ class Runner:
             if key in self.syncs:
                 rec["warmup_syncs"] = self.syncs[key]
             recs.append(rec)
+        have = {(r["model"], r["batch"], r["method"], r["backend"]) for r in recs}
+        recs += [r for r in self.prior if (r["model"], r["batch"], r["method"], r["backend"]) not in have]
         order = {m: i for i, m in enumerate(("vanilla", "eager") + METHODS)}
         recs.sort(key=lambda r: (r["model"], r["batch"], r["backend"] != "sdpa", r["backend"],
                                  order.get(r["method"], 99)))
@@ -577,7 +580,8 @@ def main(argv=None):
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
-    ap.add_argument("--stem", default=None, help="output file stem (default generate_h200, generate_quick with --quick)")
+    ap.add_argument("--stem", default=None,
+                    help="output file stem (default generate_h200, generate_quick with --quick)")
     ap.add_argument("--quick", action="store_true", help="tiny configs (smoke test; CPU is fine)")
     ap.add_argument("--device", default=None, help="cuda (default when available) or cpu")
     ap.add_argument("--backends", default="triton,torch")
@@ -589,6 +593,8 @@ def main(argv=None):
     ap.add_argument("--budget-s", type=float, default=None, help="wall-clock budget: phases that would not fit skip")
     ap.add_argument("--no-sync-audit", dest="sync_audit", action="store_false",
                     help="do not count host-device syncs during the warm-ups")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the records of an existing output file that this run does not re-measure")
     ap.add_argument("--no-reference", action="store_true", help="skip the eager / torch-reference phase")
     args = ap.parse_args(argv)
     args.new_tokens = args.new_tokens or (16 if args.quick else 128)
@@ -602,6 +608,11 @@ def main(argv=None):
     if "triton" in backends and not triton_available(device):
         backends.remove("triton")
         runner.notes.append(f"backend triton not available on {device.type}: only the torch reference was run")
+    path = os.path.join(args.out, f"{args.stem}.json")
+    if args.merge and os.path.exists(path):
+        with open(path) as f:
+            runner.prior = json.load(f)
+        runner.notes.append(f"merged with {len(runner.prior)} records of an earlier run of this file")
     methods = [m for m in args.methods.split(",") if m]
     models = [m for m in args.models.split(",") if m]
     batches = [int(b) for b in args.batches.split(",") if b]

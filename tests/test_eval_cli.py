@@ -139,8 +139,8 @@ def test_eval_bad_inputs(world, tmp_path):
     assert r.exit_code == 1 and "--images" in r.output
 
 
-def test_default_run_compares_baseline_and_var_on_the_testbed(world, tmp_path, monkeypatch):
-    """``vlmfix eval pope`` with no model/method: the testbed world and model, baseline then VAR, one table."""
+def test_default_run_compares_baseline_var_and_vhr_on_the_testbed(world, tmp_path, monkeypatch):
+    """``vlmfix eval pope`` with no model/method: the testbed world and model, baseline, VAR, VHR, one table."""
     import vlmfix
     from vlmfix.eval import tasks
 
@@ -161,9 +161,10 @@ def test_default_run_compares_baseline_and_var_on_the_testbed(world, tmp_path, m
     r = invoke("eval", "pope", "--num-images", 2, "--max-new-tokens", 2, "--split", "popular",
                "--output", tmp_path / "cmp", "--no-progress")
     assert r.exit_code == 0, r.output
-    assert calls == [("patch", ["var"]), ("unpatch",)]
+    assert calls == [("patch", ["var"]), ("unpatch",), ("patch", ["vhr"]), ("unpatch",)]
     cmp = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
-    assert list(cmp) == ["baseline", "var"]
+    assert list(cmp) == ["baseline", "var", "vhr"]
+    assert cmp["vhr"]["protocol"]["batch_size"] == 32
     assert cmp["var"]["protocol"]["methods"][0]["method"] == "var"
     assert cmp["var"]["protocol"]["questions"] == cmp["baseline"]["protocol"]["questions"]
     assert "baseline" in r.output and "var" in r.output

@@ -14,6 +14,7 @@ import click
 from . import pope as P
 
 DEFAULT_COMPARE = ("baseline", "var", "vhr")
+DEFAULT_RUN_BATCH = 32
 DEFAULT_RUN_IMAGES = 50  # the no-argument run: a testbed subset that finishes in minutes on a laptop CPU
 
 
@@ -36,7 +37,8 @@ def _model_options(f):
                      help="float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)."),
         click.option("--device-map", default=None, help="Passed to from_pretrained, e.g. 'auto' to spread a large "
                                                         "model over the visible GPUs."),
-        click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1)),
+        click.option("--batch-size", default=None, type=click.IntRange(1),
+                     help="Rows per generate call (default 8; 32 for the no-argument testbed run)."),
         click.option("--num-beams", default=1, show_default=True, type=click.IntRange(1),
                      help="1 = greedy (default protocol)."),
         click.option("--seed", default=0, show_default=True, type=int,
@@ -66,7 +68,8 @@ def _common(kw, task):
         raise click.UsageError("--resume and --overwrite exclude each other")
     output = Path(kw["output"] or Path("runs") / task / _slug(model))
     spec = ModelSpec(model, kw["device"], kw["dtype"], kw["device_map"])
-    opts = RunOptions(output=output, batch_size=kw["batch_size"], resume=kw["resume"], overwrite=kw["overwrite"],
+    batch_size = kw["batch_size"] or (DEFAULT_RUN_BATCH if default_run and model == "testbed" else 8)
+    opts = RunOptions(output=output, batch_size=batch_size, resume=kw["resume"], overwrite=kw["overwrite"],
                       progress=not kw["no_progress"], method_sets=sets)
     return spec, opts
 
