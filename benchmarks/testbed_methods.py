@@ -32,7 +32,7 @@ def run(args):
     from vlmfix.eval.tasks import ModelSpec, RunOptions, run_chair, run_pope
 
     torch.manual_seed(0)
-    sets = method_sets(compare=[s for s in args.sets.split(",") if s])
+    sets = method_sets(config_paths=args.method_config, compare=[s for s in args.sets.split(",") if s])
     spec = ModelSpec("testbed", args.device, None, None)
     records, timings = [], {}
     out = Path(args.work)
@@ -133,6 +133,8 @@ def main(argv=None):
     ap.add_argument("--chair-tokens", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--method-config", action="append", default=[],
+                    help="JSON config replacing a method's defaults (e.g. CARVE's answer suffix), repeatable")
     ap.add_argument("--no-chair", default="carve",
                     help="method sets evaluated on POPE only (CARVE answers questions; it does not caption)")
     ap.add_argument("--device", default="auto")
