@@ -127,29 +127,25 @@ def qwen2_5_vl() -> Tiny:
     return Tiny("qwen2_5_vl", model, VOCAB - 1, 4, _qwen_pixels, extra=_mm_types)
 
 
-def idefics3() -> Tiny:
+def _idefics_like(family, config_cls, vision_cls, model_cls) -> Tiny:
     torch.manual_seed(0)
-    vision = tf.Idefics3VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                     image_size=28, patch_size=14)
-    cfg = tf.Idefics3Config(text_config=_llama().to_dict(), vision_config=vision.to_dict(), image_token_id=VOCAB - 1,
-                            scale_factor=2)
-    model = _finish(tf.Idefics3ForConditionalGeneration(cfg))
-    # 2x2 patches, pixel shuffle by 2 -> 1 token per image; use two images (tiles) per row -> 2 tokens
-    return Tiny("idefics3", model, VOCAB - 1, 2,
+    vision = vision_cls(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        image_size=28, patch_size=14)
+    cfg = config_cls(text_config=_llama().to_dict(), vision_config=vision.to_dict(), image_token_id=VOCAB - 1,
+                     scale_factor=2)
+    model = _finish(model_cls(cfg))
+    # 2x2 patches, pixel shuffle by 2 -> 1 token per image; two images (tiles) per row -> 2 tokens
+    return Tiny(family, model, VOCAB - 1, 2,
                 lambda b: {"pixel_values": torch.randn(b, 2, 3, 28, 28),
                            "pixel_attention_mask": torch.ones(b, 2, 28, 28, dtype=torch.bool)})
+
+
+def idefics3() -> Tiny:
+    return _idefics_like("idefics3", tf.Idefics3Config, tf.Idefics3VisionConfig, tf.Idefics3ForConditionalGeneration)
 
 
 def smolvlm() -> Tiny:
-    torch.manual_seed(0)
-    vision = tf.SmolVLMVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                    image_size=28, patch_size=14)
-    cfg = tf.SmolVLMConfig(text_config=_llama().to_dict(), vision_config=vision.to_dict(), image_token_id=VOCAB - 1,
-                           scale_factor=2)
-    model = _finish(tf.SmolVLMForConditionalGeneration(cfg))
-    return Tiny("smolvlm", model, VOCAB - 1, 2,
-                lambda b: {"pixel_values": torch.randn(b, 2, 3, 28, 28),
-                           "pixel_attention_mask": torch.ones(b, 2, 28, 28, dtype=torch.bool)})
+    return _idefics_like("smolvlm", tf.SmolVLMConfig, tf.SmolVLMVisionConfig, tf.SmolVLMForConditionalGeneration)
 
 
 def gemma3() -> Tiny:
