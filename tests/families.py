@@ -43,7 +43,9 @@ class Tiny:
             att[i, width - len(r):] = 1
         out = {"input_ids": ids, "attention_mask": att}
         if with_image:
-            out.update(self.pixel_inputs(len(rows)))
+            with torch.random.fork_rng():  # pixels drawn from ``seed`` too: results never depend on test order
+                torch.manual_seed(seed)
+                out.update(self.pixel_inputs(len(rows)))
         if self.extra is not None:
             out.update(self.extra(ids))
         return out
