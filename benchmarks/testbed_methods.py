@@ -88,9 +88,9 @@ def chart(records, path: Path):
     get = {(r["method"], r["benchmark"]): r["metrics"] for r in records}
     with_chair = [m for m in methods if (m, "chair") in get]
     panels = [("POPE F1 (%) - higher is better", methods,
-               [("random", lambda m: get[(m, "pope-random")]["f1"]),
-                ("popular", lambda m: get[(m, "pope-popular")]["f1"]),
-                ("adversarial", lambda m: get[(m, "pope-adversarial")]["f1"])]),
+               [("random", lambda m: get.get((m, "pope-random"), {}).get("f1")),
+                ("popular", lambda m: get.get((m, "pope-popular"), {}).get("f1")),
+                ("adversarial", lambda m: get.get((m, "pope-adversarial"), {}).get("f1"))]),
               ("CHAIR (%) - lower is better", with_chair,
                [("CHAIR_s", lambda m: get[(m, "chair")]["chair_s"]),
                 ("CHAIR_i", lambda m: get[(m, "chair")]["chair_i"])])]
@@ -102,7 +102,7 @@ def chart(records, path: Path):
     for p, (title, names, series) in enumerate(panels):
         top = 20 + p * panel_h
         base = top + panel_h - 70
-        values = [f(m) for m in names for _, f in series]
+        values = [v for v in (f(m) for m in names for _, f in series) if v is not None]
         # POPE F1s differ by points near 90 %: start that axis a little under the smallest value
         lo = max(0.0, min(values) - 0.05) if p == 0 and values else 0.0
         vmax = lo + (max(values + [lo + 1e-9]) - lo) * 1.15
@@ -112,6 +112,8 @@ def chart(records, path: Path):
             x0 = margin + 20 + i * 90
             for j, (name, f) in enumerate(series):
                 v = f(m)
+                if v is None:  # not measured for this method (drawn as a gap)
+                    continue
                 h = (base - top - 30) * (v - lo) / (vmax - lo)
                 xa = x0 + j * (60 // len(series))
                 draw.rectangle((xa, base - h, xa + 60 // len(series) - 3, base), fill=colors[j])
@@ -122,6 +124,27 @@ def chart(records, path: Path):
             draw.text((width - 105, top + 3 + j * 14), name, fill="black", font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
+
+
+def partial_records(work: Path, label: str) -> list[dict]:
+    """POPE splits a method set finished completely in an interrupted run (its shard is in sample order)."""
+    from vlmfix.eval.io import read_jsonl
+    from vlmfix.eval.tasks import score_pope_records
+
+    questions = {}
+    for f in sorted((work / "pope" / "questions").glob("coco_pope_*.json")):
+        questions[f.stem.replace("coco_pope_", "")] = sum(1 for line in f.read_text().splitlines() if line.strip())
+    done = {}
+    for shard in sorted((work / "pope" / label / "shards").glob("*.jsonl")):
+        for r in read_jsonl(shard):
+            done.setdefault(r["split"], {})[r["key"]] = r
+    out = []
+    for split, n in questions.items():
+        recs = list(done.get(split, {}).values())
+        if len(recs) == n:
+            m = score_pope_records(recs, "official")["splits"][split]
+            out.append({"method": label, "benchmark": f"pope-{split}", "metrics": {k: m[k] for k in (*POPE_KEYS, "n")}})
+    return out
 
 
 def main(argv=None):
@@ -141,8 +164,12 @@ def main(argv=None):
     ap.add_argument("--work", default="runs/testbed_methods", help="per-sample outputs (resumable)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--chart", default=str(ROOT / "docs" / "testbed_methods.png"))
+    ap.add_argument("--partial", default="", help="method sets taken from an interrupted run: only their fully "
+                                                   "answered POPE splits are reported")
     args = ap.parse_args(argv)
     records, timings = run(args)
+    for label in [x for x in args.partial.split(",") if x]:
+        records += partial_records(Path(args.work), label)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "testbed.json").write_text(json.dumps(records, indent=1) + "\n")
