@@ -126,22 +126,24 @@ def chart(records, path: Path):
     img.save(path)
 
 
-def partial_records(work: Path, label: str) -> list[dict]:
-    """POPE splits a method set finished completely in an interrupted run (its shard is in sample order)."""
+def partial_records(work: Path, label: str, first: int | None = None) -> list[dict]:
+    """POPE metrics of a method set from its answered samples: every split it answered completely, or, with
+    ``first``, the first ``first`` questions of each split (the questions of the first scenes: 6 per scene)."""
     from vlmfix.eval.io import read_jsonl
     from vlmfix.eval.tasks import score_pope_records
 
     questions = {}
     for f in sorted((work / "pope" / "questions").glob("coco_pope_*.json")):
-        questions[f.stem.replace("coco_pope_", "")] = sum(1 for line in f.read_text().splitlines() if line.strip())
+        ids = [json.loads(line)["question_id"] for line in f.read_text().splitlines() if line.strip()]
+        questions[f.stem.replace("coco_pope_", "")] = set(ids[:first] if first else ids)
     done = {}
     for shard in sorted((work / "pope" / label / "shards").glob("*.jsonl")):
         for r in read_jsonl(shard):
-            done.setdefault(r["split"], {})[r["key"]] = r
+            done.setdefault(r["split"], {})[r["question_id"]] = r
     out = []
-    for split, n in questions.items():
-        recs = list(done.get(split, {}).values())
-        if len(recs) == n:
+    for split, wanted in questions.items():
+        recs = [r for qid, r in done.get(split, {}).items() if qid in wanted]
+        if len(recs) == len(wanted):
             m = score_pope_records(recs, "official")["splits"][split]
             out.append({"method": label, "benchmark": f"pope-{split}", "metrics": {k: m[k] for k in (*POPE_KEYS, "n")}})
     return out
@@ -166,10 +168,23 @@ def main(argv=None):
     ap.add_argument("--chart", default=str(ROOT / "docs" / "testbed_methods.png"))
     ap.add_argument("--partial", default="", help="method sets taken from an interrupted run: only their fully "
                                                    "answered POPE splits are reported")
+    ap.add_argument("--subset-questions", type=int, default=0,
+                    help="also score every method set on the first N questions of each split (N/6 scenes): the "
+                         "comparable table for method sets that were only run on that subset")
     args = ap.parse_args(argv)
     records, timings = run(args)
-    for label in [x for x in args.partial.split(",") if x]:
-        records += partial_records(Path(args.work), label)
+    partial = [x for x in args.partial.split(",") if x]
+    subset_note = f"first {args.subset_questions // 6} of the {args.pope_images} scenes" if args.subset_questions else ""
+    for label in partial:
+        full = partial_records(Path(args.work), label)
+        records += full
+        if args.subset_questions and len(full) < 3:
+            records += [{**r, "subset": subset_note}
+                        for r in partial_records(Path(args.work), label, first=args.subset_questions)]
+    subset = []
+    if args.subset_questions:
+        for label in dict.fromkeys([r["method"] for r in records] + partial):
+            subset += partial_records(Path(args.work), label, first=args.subset_questions)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "testbed.json").write_text(json.dumps(records, indent=1) + "\n")
@@ -185,11 +200,17 @@ def main(argv=None):
           f"device {device}, date {datetime.date.today().isoformat()}  ",
           f"POPE: {args.pope_images} held-out scenes x 3 splits (official parser, {args.pope_tokens} new tokens); "
           f"CHAIR: {args.chair_images} scenes, 'Please describe this image in detail.', {args.chair_tokens} new "
-          f"tokens; greedy, seed {args.seed}.\n", table(records), "", "seconds per method set: "
-          + json.dumps(timings)]
+          f"tokens; greedy, seed {args.seed}.\n", table([r for r in records if "subset" not in r]), "",
+          "seconds per method set: " + json.dumps(timings)]
+    if subset:
+        md += ["", f"## POPE on the {subset_note} ({args.subset_questions} questions per split), every method set\n",
+               table(subset)]
     (out / "testbed.md").write_text("\n".join(md) + "\n")
-    chart(records, Path(args.chart))
-    print(table(records))
+    chart([{**r, "method": f"{r['method']}*"} if "subset" in r else r for r in records],  # *: subset
+          Path(args.chart))
+    print(table([r for r in records if "subset" not in r]))
+    if subset:
+        print(table(subset))
 
 
 if __name__ == "__main__":
