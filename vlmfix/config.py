@@ -184,29 +184,29 @@ METHODS = {"var": VAR, "vhr": VHR, "dual_stream": DualStream}
 ALIASES = {"dual-stream": "dual_stream", "dualstream": "dual_stream", "paint": "dual_stream"}
 
 
-def method_from(spec) -> VAR | VHR | DualStream:
-    """A config from a name (``"var"``), a dict (``{"method": "var", "p": 0.6}``) or a config instance."""
-    if isinstance(spec, (VAR, VHR, DualStream)):
+PIPELINES = {"carve": CARVE}
+
+
+def config_from(spec) -> VAR | VHR | DualStream | CARVE:
+    """Any method's config, CARVE included, from a name (``"var"``), a dict (``{"method": "var", "p": 0.6}``) or a
+    config instance; unknown names and options are errors naming what is supported."""
+    known_kinds = {**METHODS, **PIPELINES}
+    if isinstance(spec, tuple(known_kinds.values())):
         return spec
-    if isinstance(spec, CARVE):
-        raise TypeError("CARVE is a multi-pass pipeline, not an attention patch: call vlmfix.carve(model, processor, "
-                        "image, question, config)")
     if isinstance(spec, str):
         key = ALIASES.get(spec.lower(), spec.lower())
-        if key == "carve":
-            return method_from(CARVE())
-        if key not in METHODS:
+        if key not in known_kinds:
             raise ValueError(f"unknown method {spec!r}; supported: {sorted(METHODS)} (and 'carve' via vlmfix.carve)")
-        return METHODS[key]()
+        return known_kinds[key]()
     if isinstance(spec, dict):
         spec = dict(spec)
         name = spec.pop("method", None)
         if name is None:
             raise ValueError("a method dict needs a 'method' key, e.g. {'method': 'var', 'p': 0.6}")
         key = ALIASES.get(str(name).lower(), str(name).lower())
-        if key not in METHODS:
-            raise ValueError(f"unknown method {name!r}; supported: {sorted(METHODS)}")
-        cls = METHODS[key]
+        if key not in known_kinds:
+            raise ValueError(f"unknown method {name!r}; supported: {sorted(known_kinds)}")
+        cls = known_kinds[key]
         known = {f.name for f in dataclasses.fields(cls)}
         bad = set(spec) - known
         if bad:
@@ -214,6 +214,15 @@ def method_from(spec) -> VAR | VHR | DualStream:
         spec = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
         return cls(**spec)
     raise TypeError(f"cannot make a method from {type(spec).__name__}: pass a name, a dict or a config")
+
+
+def method_from(spec) -> VAR | VHR | DualStream:
+    """An attention patch's config (see ``config_from``); CARVE, a multi-pass pipeline, is refused here."""
+    cfg = config_from(spec)
+    if isinstance(cfg, CARVE):
+        raise TypeError("CARVE is a multi-pass pipeline, not an attention patch: call vlmfix.carve(model, processor, "
+                        "image, question, config)")
+    return cfg
 
 
 def config_record(cfg) -> dict:
@@ -234,5 +243,5 @@ def _checked_layers(method, layers, n_layers):
     return out
 
 
-__all__ = ["VAR", "VHR", "DualStream", "CARVE", "method_from", "config_record", "METHODS"]
+__all__ = ["VAR", "VHR", "DualStream", "CARVE", "method_from", "config_from", "config_record", "METHODS"]
 

@@ -17,14 +17,10 @@ BASELINE = "baseline"
 
 
 def _config(spec):
-    from vlmfix.config import CARVE, method_from
+    from vlmfix.config import config_from
 
     try:
-        if isinstance(spec, str) and spec.lower() == "carve":
-            return CARVE()
-        if isinstance(spec, dict) and str(spec.get("method", "")).lower() == "carve":
-            return CARVE(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k != "method"})
-        return method_from(spec)
+        return config_from(spec)
     except (ValueError, TypeError) as exc:
         raise EvalInputError(f"bad method {spec!r}: {exc}") from None
 

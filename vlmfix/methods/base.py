@@ -6,6 +6,9 @@ from __future__ import annotations
 class MethodRuntime:
     #: lower starts first at a new sequence (VHR's exact selection must run before the others set up their state)
     start_priority = 10
+    #: lower contributes first within one attention call: the kernel's order of effects (pre-softmax emphasis,
+    #: post-softmax redistribution, output scale) is the order methods are documented to compose in
+    contribute_priority = 10
 
     def __init__(self, cfg, adapter):
         self.cfg = cfg

@@ -15,11 +15,13 @@ import torch
 
 from ..heads import cls_attention, local_tokens, received_attention, summary_tokens
 from ..kernels import LOCAL, NUM_CLASSES, SUMMARY, VISUAL
-from ..patches.attention_fn import VISION_ATTR
+from ..patches.attention_fn import VISION_ATTR, AttrRemover
 from .base import MethodRuntime
 
 
 class DualStreamRuntime(MethodRuntime):
+    contribute_priority = 0
+
     def __init__(self, cfg, adapter):
         super().__init__(cfg, adapter)
         self.scores = {"local": [], "summary": []}
@@ -34,7 +36,7 @@ class DualStreamRuntime(MethodRuntime):
         for idx, names in roles.items():
             setattr(modules[idx], VISION_ATTR, self._recorder(session, tuple(names)))
         self._modules = [modules[idx] for idx in roles]
-        return [_AttrRemover(self._modules, VISION_ATTR)]
+        return [AttrRemover(self._modules, VISION_ATTR)]
 
     def _recorder(self, session, names):
         has_cls = self.adapter.vision_has_cls
@@ -115,15 +117,3 @@ class DualStreamRuntime(MethodRuntime):
         seq = call.session.seq
         # the prompt's last row and every generated token's row, in this call's key indices (sliding caches crop)
         call.params.amp_start = seq.prompt_len - 1 - (seq.length - kv_len)
-
-
-class _AttrRemover:
-    """A hook-handle look-alike so unpatch removes the recorder attributes like any other hook."""
-
-    def __init__(self, modules, attr):
-        self.modules, self.attr = modules, attr
-
-    def remove(self):
-        for module in self.modules:
-            if hasattr(module, self.attr):
-                delattr(module, self.attr)

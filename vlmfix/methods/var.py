@@ -17,6 +17,8 @@ from .base import MethodRuntime
 
 
 class VarRuntime(MethodRuntime):
+    contribute_priority = 1
+
     def __init__(self, cfg, adapter):
         super().__init__(cfg, adapter)
         self.dims = tuple(cfg.sink_dims) if cfg.sink_dims is not None else known_sink_dims(adapter.config)

@@ -24,6 +24,7 @@ _VISUAL_OFF = torch.tensor([float("-inf") if c & VISUAL else 0.0 for c in range(
 
 class VhrRuntime(MethodRuntime):
     start_priority = 0
+    contribute_priority = 2
 
     def __init__(self, cfg, adapter):
         super().__init__(cfg, adapter)

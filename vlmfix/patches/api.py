@@ -16,7 +16,7 @@ from ..config import DualStream, method_from
 from ..kernels import resolve_backend
 from ..methods import runtime_for
 from .adapter import adapter_for
-from .attention_fn import LAYER_ATTR, TEXT_IMPL, VISION_IMPL, ensure_registered
+from .attention_fn import LAYER_ATTR, TEXT_IMPL, VISION_IMPL, AttrRemover, ensure_registered
 from .session import AttentionRecord, PatchSession
 
 SESSION_ATTR = "_vlmfix_session"
@@ -40,9 +40,6 @@ class PatchHandle:
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
-        for module in self.session.adapter.attention_modules():
-            if hasattr(module, LAYER_ATTR):
-                delattr(module, LAYER_ATTR)
         model.set_attn_implementation(self._original_impl)
         if getattr(model, SESSION_ATTR, None) is self:
             delattr(model, SESSION_ATTR)
@@ -101,8 +98,10 @@ def patch(model, *methods, backend: str = "auto", replace: bool = False) -> Patc
 
     hooks = []
     try:
-        for idx, module in enumerate(adapter.attention_modules()):
+        modules = adapter.attention_modules()
+        for idx, module in enumerate(modules):
             setattr(module, LAYER_ATTR, (session, idx))
+        hooks.append(AttrRemover(modules, LAYER_ATTR))
         hooks.append(model.register_forward_pre_hook(
             lambda mod, args, kwargs: session.on_model_forward(_forward_kwargs(args, kwargs)), with_kwargs=True))
         hooks.append(_watch_image_features(adapter, session))
@@ -112,24 +111,11 @@ def patch(model, *methods, backend: str = "auto", replace: bool = False) -> Patc
     except Exception:
         for h in hooks:
             h.remove()
-        for module in adapter.attention_modules():
-            if hasattr(module, LAYER_ATTR):
-                delattr(module, LAYER_ATTR)
         model.set_attn_implementation(original)
         raise
     handle = PatchHandle(model, session, hooks, original)
     setattr(model, SESSION_ATTR, handle)
     return handle
-
-
-class _InstanceAttr:
-    """Removes an instance attribute that shadows a class method, like a hook handle."""
-
-    def __init__(self, owner, name):
-        self.owner, self.name = owner, name
-
-    def remove(self):
-        self.owner.__dict__.pop(self.name, None)
 
 
 def _watch_image_features(adapter, session):
@@ -142,7 +128,7 @@ def _watch_image_features(adapter, session):
     owner = adapter.image_encoder_owner()
     original = getattr(owner, "get_image_features", None)
     if original is None:
-        return _InstanceAttr(owner, "get_image_features")
+        return AttrRemover([owner], "get_image_features")
     signature = inspect.signature(original)
 
     @functools.wraps(original)
@@ -155,7 +141,7 @@ def _watch_image_features(adapter, session):
         return original(*args, **kwargs)
 
     owner.get_image_features = get_image_features
-    return _InstanceAttr(owner, "get_image_features")
+    return AttrRemover([owner], "get_image_features")
 
 
 def _forward_kwargs(args, kwargs):

@@ -37,6 +37,18 @@ def vision_attention(module, query, key, value, attention_mask, scaling=None, dr
                                   **kwargs)
 
 
+class AttrRemover:
+    """A hook-handle look-alike: ``remove()`` deletes an attribute the patch set on some objects (module tags,
+    instance attributes that shadow a class method), so unpatch treats them like any other hook."""
+
+    def __init__(self, objects, name):
+        self.objects, self.name = list(objects), name
+
+    def remove(self):
+        for obj in self.objects:
+            obj.__dict__.pop(self.name, None)
+
+
 _registered = False
 
 

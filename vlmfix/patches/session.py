@@ -67,8 +67,7 @@ class PatchSession:
         self._suspended = 0
         self._warned_no_image = False
         self.runtimes = sorted(runtimes, key=lambda rt: rt.start_priority)
-        self.contributors = sorted(runtimes, key=lambda rt: {"DualStreamRuntime": 0, "VarRuntime": 1}.get(
-            type(rt).__name__, 2))
+        self.contributors = sorted(runtimes, key=lambda rt: rt.contribute_priority)
         self.active_layers = set()
         for rt in runtimes:
             self.active_layers |= set(rt.layers)
