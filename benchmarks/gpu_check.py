@@ -121,9 +121,19 @@ def cases(quick: bool, tiny: bool = False):
     bf, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
     out = []
     if tiny:  # a CPU smoke run of this script under TRITON_INTERPRET=1
-        return [(1, 4, 2, 40, 40, 64, bf, "all", False), (2, 4, 4, 1, 100, 80, fp32, "all", True),
-                (2, 4, 2, 7, 90, 128, fp16, "var", True)]
-    # (b, hq, hkv, m, n, d, dtype, method, pad)
+        return [(1, 4, 2, 40, 40, 64, bf, "all", False, {}), (2, 4, 4, 1, 100, 80, fp32, "all", True, {}),
+                (2, 4, 2, 7, 90, 128, fp16, "var", True, {}),
+                (2, 4, 2, 1, 100, 64, bf, "all", True, dict(FUSED_COMBINE=False)),
+                (1, 4, 2, 40, 40, 64, bf, "var", False, dict(VAR_LAUNCH="pair"))]
+    # (b, hq, hkv, m, n, d, dtype, method, pad); decode first: its cases compile fastest
+    for n in (640, 2900, 8192):
+        for method in ("none", "var", "all"):
+            out.append((1, 32, 8, 1, n, 128, bf, method, False))
+    for method in ("var", "all"):
+        out.append((1, 32, 32, 1, 8192, 64, bf, method, False))
+        out.append((8, 32, 8, 1, 2900, 128, bf, method, False))
+        out.append((1, 28, 4, 1, 700, 128, bf, method, False))  # Qwen2-VL-7B's 7 query heads per kv head
+        out.append((8, 32, 32, 1, 700, 128, bf, method, True))
     for hq, hkv, d in ((32, 8, 128), (32, 32, 64), (32, 8, 80)):
         for method in ("none", "all"):
             out.append((1, hq, hkv, 1000, 1000, d, bf, method, False))
@@ -135,12 +145,6 @@ def cases(quick: bool, tiny: bool = False):
             out.append((1, 32, 8, 2900, 2900, 128, dtype, method, False))
     for method in METHODS:
         out.append((1, 32, 8, 300, 2900, 128, bf, method, False))  # chunked prefill
-    for n in (640, 2900, 8192):
-        for method in ("none", "var", "all"):
-            out.append((1, 32, 8, 1, n, 128, bf, method, False))
-    for method in ("var", "all"):
-        out.append((1, 32, 32, 1, 8192, 64, bf, method, False))
-        out.append((8, 32, 8, 1, 2900, 128, bf, method, False))
     for dtype in (fp16, fp32):
         out.append((1, 32, 8, 1, 2900, 128, dtype, "all", False))
         out.append((1, 32, 32, 1, 640, 80, dtype, "all", False))
@@ -149,7 +153,42 @@ def cases(quick: bool, tiny: bool = False):
     out.append((3, 32, 8, 300, 2900, 128, bf, "all", True))
     out.append((3, 32, 8, 1, 2900, 128, bf, "all", True))
     out.append((3, 32, 32, 1, 8192, 64, fp32, "var", True))
+    return [c + ({},) for c in out] + variants(quick)
+
+
+def variants(quick: bool):
+    """Launch choices other than the defaults, each over the cases it changes (the 9th field: module overrides)."""
+    bf = torch.bfloat16
+    out = []
+    for launch in ("pair", "one"):
+        for short in (0, 1024):
+            for method in ("var", "all"):
+                out.append((1, 32, 8, 1000, 1000, 128, bf, method, False, dict(VAR_LAUNCH=launch,
+                                                                                 SHORT_PREFILL_M=short)))
+            out.append((3, 32, 8, 1000, 1000, 128, bf, "all", True, dict(VAR_LAUNCH=launch, SHORT_PREFILL_M=short)))
+    for fused in (True, False):
+        split = dict(min_keys=128, keys_per_split=64, waves=4, busy_keys_per_split=256, busy_waves=4)
+        for n in (640, 2900):
+            for method in ("none", "var", "all"):
+                out.append((1, 32, 8, 1, n, 128, bf, method, False, dict(DECODE_SPLIT=split, FUSED_COMBINE=fused)))
+        out.append((3, 32, 8, 1, 2900, 128, bf, "all", True, dict(DECODE_SPLIT=split, FUSED_COMBINE=fused)))
+        out.append((8, 28, 4, 1, 700, 128, bf, "all", False, dict(DECODE_SPLIT=split, FUSED_COMBINE=fused)))
     return out
+
+
+def apply(overrides: dict) -> dict:
+    """Set module-level launch choices; returns what to restore."""
+    old = {}
+    for name, value in overrides.items():
+        cur = getattr(ta, name)
+        old[name] = dict(cur) if isinstance(cur, dict) else cur
+        if isinstance(cur, dict):
+            cur.clear()
+            cur.update(value)
+        else:
+            setattr(ta, name, value)
+    ta._split_cache.clear()
+    return old
 
 
 def main():
@@ -170,12 +209,14 @@ def main():
     print(lines[0], flush=True)
     print(lines[1], flush=True)
     failed = 0
-    for i, (b, hq, hkv, m, n, d, dtype, method, pad) in enumerate(cases(args.quick, args.tiny)):
+    for i, (b, hq, hkv, m, n, d, dtype, method, pad, overrides) in enumerate(cases(args.quick, args.tiny)):
         q, k, v, mask, p = make_case(b, hq, hkv, m, n, d, dtype, method, pad, seed=1000 + i, dev=dev)
         want = STATS if method in ("all", "var") else ("lse",)
         scale = d ** -0.5
         ta._workspace.clear()
+        restore = apply(overrides)
         out, st = ta.attention(q, k, v, scale=scale, mask=mask, params=p, want=want)
+        apply(restore)
         if dev == "cuda":
             torch.cuda.synchronize()
         ref, rst = reference_by_heads(q, k, v, scale, mask, p, want)
@@ -188,7 +229,8 @@ def main():
         f = lambda x: f"{x:9.2e}" if x is not None else f"{'-':>9}"  # noqa: E731
         row = (f"{str(dtype).replace('torch.', ''):9} {b:>2} {f'{hq}/{hkv}':>6} {d:>4} {m:>5} {n:>5} "
                f"{'yes' if pad else 'no':>3} {method:10} {f(errs['out'])} {f(errs.get('lse'))} "
-               f"{f(errs.get('class_mass'))} {f(errs.get('last_row_probs'))} {tol:6.0e}  {'PASS' if ok else 'FAIL'}")
+               f"{f(errs.get('class_mass'))} {f(errs.get('last_row_probs'))} {tol:6.0e}  {'PASS' if ok else 'FAIL'}"
+               + (f"  {overrides}" if overrides else ""))
         print(row, flush=True)
         lines.append(row)
         with open(os.path.join(args.out, "gpu_check.txt"), "w") as fh:  # rewritten as we go: a partial run counts

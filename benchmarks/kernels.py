@@ -96,7 +96,7 @@ def host_us(fn, iters=300):
     return (time.perf_counter() - t0) / iters * 1e6
 
 
-def prefill(n: int, methods, records):
+def prefill(n: int, methods, records, graph=False):
     q = torch.randn(1, H, n, D, device="cuda", dtype=DTYPE)
     k = torch.randn(1, H, n, D, device="cuda", dtype=DTYPE)
     v = torch.randn(1, H, n, D, device="cuda", dtype=DTYPE)
@@ -106,15 +106,21 @@ def prefill(n: int, methods, records):
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
 
+    sdpa_host = host_us(sdpa, iters=100)
     for method in methods:
         p = make_params(method, 1, n)
         ours = lambda: ta.attention(q, k, v, scale=scale, params=p)  # noqa: E731
         ours()
         ms, sdpa_ms = alternate(ours, sdpa, median_bench)
         flops = 4 * n * n / 2 * D * H
-        records.append(dict(phase="prefill", n=n, batch=1, method=method, ms=ms, sdpa_ms=sdpa_ms,
-                            ratio=ms / sdpa_ms, dtype="bf16", heads=H, kv_heads=H, head_dim=D,
-                            sdpa_backend="flash", tflops=flops / ms / 1e9))
+        rec = dict(phase="prefill", n=n, batch=1, method=method, ms=ms, sdpa_ms=sdpa_ms,
+                   ratio=ms / sdpa_ms, dtype="bf16", heads=H, kv_heads=H, head_dim=D,
+                   sdpa_backend="flash", tflops=flops / ms / 1e9, wrapper_us=host_us(ours, iters=100),
+                   sdpa_wrapper_us=sdpa_host)
+        rec["wrapper_ratio"] = rec["wrapper_us"] / sdpa_host
+        if graph:  # GPU time alone (CUDA-graph replay): tells launch-bound from compute-bound at small N
+            rec["graph_ms"], rec["sdpa_graph_ms"] = alternate(ours, sdpa, graph_bench)
+        records.append(rec)
         print(_fmt(records[-1]), flush=True)
 
 
@@ -161,38 +167,74 @@ def _fmt(r):
     bar = BARS.get((r["phase"], "var" if r["method"] == "var" else r["method"]))
     verdict = "" if bar is None else ("ok" if r["ratio"] <= bar else f"MISS(>{bar})")
     extra = f" wrapper {r['wrapper_us']:.1f}us vs {r['sdpa_wrapper_us']:.1f}us" if "wrapper_us" in r else ""
+    if "graph_ms" in r:
+        extra += f" gpu {r['graph_ms']:.4f} vs {r['sdpa_graph_ms']:.4f} ms"
     return (f"{r['phase']:7} n={r['n']:5} b={r['batch']} {r['method']:9} ours {r['ms']:8.4f} ms  "
             f"sdpa[{r['sdpa_backend']}] {r['sdpa_ms']:8.4f} ms  x{r['ratio']:.3f} {verdict}{extra}")
 
 
+def _tag(rec, config):
+    for r in rec:
+        r["phase"], r["config"] = "sweep-" + r["phase"], config
+    return rec
+
+
+def _with(overrides: dict, fn):
+    """Run ``fn`` with module-level launch choices of triton_attention replaced, then restore them."""
+    old = {}
+    for name, value in overrides.items():
+        cur = getattr(ta, name)
+        old[name] = dict(cur) if isinstance(cur, dict) else cur
+        if isinstance(cur, dict):
+            cur.clear()
+            cur.update(value)
+        else:
+            setattr(ta, name, value)
+    ta._split_cache.clear()
+    try:
+        return fn()
+    finally:
+        for name, value in old.items():
+            cur = getattr(ta, name)
+            if isinstance(cur, dict):
+                cur.clear()
+                cur.update(value)
+            else:
+                setattr(ta, name, value)
+        ta._split_cache.clear()
+
+
+# The previous defaults and the alternatives each new default was chosen over (docs/kernels.md).
+SWEEP = [
+    (dict(VAR_LAUNCH="pair"), "prefill", (640, 2900, 8192), (1,), ("var", "all")),
+    (dict(DECODE_SUMS_BY_DOT=False), "decode", (640, 2900, 8192), (1, 8), ("var",)),
+    (dict(FUSED_COMBINE=False), "decode", (2900, 8192), (1,), ("none", "var")),
+    (dict(DECODE_SPLIT=dict(min_keys=1024, keys_per_split=256, waves=2, busy_keys_per_split=256, busy_waves=2)),
+     "decode", (640, 2900), (1, 8), ("none", "var")),
+]
+
+
 def sweep(records):
     """Alternatives to the defaults in triton_attention, timed the same way (kept in the *_all.json file only)."""
-    default = ta.VAR_LAUNCH
-    for mode in ("pair", "redo", "one"):
-        if mode == default:
-            continue
-        ta.VAR_LAUNCH = mode
+    for overrides, phase, ns, batches, methods in SWEEP:
         rec = []
-        for n in (640, 2900, 8192):
-            prefill(n, ("var", "var_worst"), rec)
-        for r in rec:
-            r["phase"], r["config"] = "sweep-prefill", dict(VAR_LAUNCH=mode)
-        records.extend(rec)
-    ta.VAR_LAUNCH = default
-    base = dict(ta.CONFIGS[("fwd", "half")])
-    ta.CONFIGS[("fwd", "half")] = dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3)
-    rec = []
-    prefill(8192, ("none", "var"), rec)
-    for r in rec:
-        r["phase"], r["config"] = "sweep-prefill", ta.CONFIGS[("fwd", "half")]
-    records.extend(rec)
-    ta.CONFIGS[("fwd", "half")] = base
+
+        def run():
+            for b in batches:
+                for n in ns:
+                    if phase == "prefill":
+                        prefill(n, methods, rec)
+                    else:
+                        decode(n, b, methods, rec)
+        _with(overrides, run)
+        records.extend(_tag(rec, overrides))
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--sweep", action="store_true", help="also try a few launch configurations")
+    ap.add_argument("--sweep-only", action="store_true", help="only the sweep (writes kernels_h200_sweep.json)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(0)
@@ -201,10 +243,17 @@ def main():
                 torch=torch.__version__, triton=triton.__version__, gpu=torch.cuda.get_device_name(),
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), configs={str(k): v for k, v in
                                                                                  ta.CONFIGS.items()},
-                decode_split=dict(ta.DECODE_SPLIT), var_launch=ta.VAR_LAUNCH)
+                decode_split=dict(ta.DECODE_SPLIT), var_launch=ta.VAR_LAUNCH, short_prefill_m=ta.SHORT_PREFILL_M,
+                fused_combine=ta.FUSED_COMBINE)
     print(json.dumps(meta), flush=True)
+    if args.sweep_only:
+        sweep(records)
+        with open(os.path.join(args.out, "kernels_h200_sweep.json"), "w") as fh:
+            json.dump(dict(meta=meta, records=records), fh, indent=1)
+        print("\n" + "\n".join(_fmt(r) + f"  {r.get('config')}" for r in records))
+        return
     for n in (640, 2900, 8192):
-        prefill(n, ("none", "var", "var_worst", "all"), records)
+        prefill(n, ("none", "var", "var_worst", "all"), records, graph=n == 640)
     for b in (1, 8):
         for n in (640, 2900, 8192):
             decode(n, b, ("none", "var", "all"), records)

@@ -19,12 +19,10 @@ Configurations (all backend="torch", since the Triton wrapper cannot run here):
 * ``*+stub``             the same with the kernel call replaced by plain SDPA that ignores the parameters: what is left
                          over vanilla is our own per-layer Python (session, methods, hooks), i.e. what stays on the
                          host when the GPU kernel is as cheap as SDPA's.
-* ``*+fast``             the stub runs again with ``FastPatch``: a prototype of the optimisations proposed in
-                         ``docs/performance.md`` (applied by monkeypatching a copy of the hot functions), checked to
-                         give the same logits at every step as the current patch with the real reference kernel.
 
-``micro`` times the pieces one by one (per call, CPU time): VAR's decode-step detection + history append +
-contribution as written now and as prototyped, the kernel dispatch, and the per-call objects.
+``micro`` times the pieces one by one (per call, CPU time): VAR's decode-step sink test + write into the layer's
+SINK-bit buffer + contribution, with ``SinkBitWriter`` (the code) and with ``detect_sinks`` (the prefill's test, which
+the decode step used before), the kernel dispatch, and the per-call objects.
 
 ``--profile`` adds a cProfile of the ``all+stub`` decode loop and prints the functions inside ``vlmfix`` with their
 own and cumulative time per layer call.
@@ -101,97 +99,6 @@ def kernel_stub():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# FastPatch: prototype of the proposed optimisations (see docs/performance.md), applied to the live classes
-# ----------------------------------------------------------------------------------------------------------------------
-class FastPatch:
-    """Monkeypatches a copy of the remaining hot per-layer function, VAR's decode-step hook, and the kernel dispatch.
-
-    The current ``VarRuntime`` already keeps a device tensor of the sink channels and writes SINK bits into a growing
-    per-layer buffer (one ``|`` per layer in ``contribute``). What is left per layer and decode token is the phi test
-    itself: ``float``, ``pow``, ``mean``, ``add``, ``rsqrt``, ``index_select``, ``abs``, ``amax``, ``mul``, ``ge``, then
-    ``to(int32)``, ``* SINK`` and the copy into the buffer (13 ATen ops). The prototype computes
-    ``amax |x[dims]| >= tau * max(rms, sqrt(eps))`` with one ``vector_norm`` and writes the bit with
-    ``torch.where(hit, SINK, 0, out=buffer[:, n:n+1])``: 8 ops (9 for bf16 hidden states). Semantics: identical except
-    that the RMS is floored at sqrt(eps) instead of adding eps under the root (differs only for an all-but-zero state).
-    The kernel entry point is also bound once per backend (no ``resolve_backend`` per layer call).
-    """
-
-    def __init__(self):
-        self.saved = []
-
-    def _set(self, obj, name, value):
-        self.saved.append((obj, name, obj.__dict__.get(name)))
-        setattr(obj, name, value)
-
-    def __enter__(self):
-        from vlmfix.kernels import attention as kernel_dispatch
-        from vlmfix.methods.var import VarRuntime
-
-        orig_hook = VarRuntime._hook
-
-        def var_hook(self, session, idx):
-            slow = orig_hook(self, session, idx)
-            if self.cfg.compat or not self.cfg.detect_on_decode:
-                return slow
-            tau = float(self.cfg.tau)
-            cache = {}
-
-            def pre_hook(module, args, kwargs):
-                seq = session.seq
-                if (session.is_suspended or seq is None or not seq.has_visual or not self.dims or seq.new_sequence
-                        or idx not in self._sink_bits):
-                    return slow(module, args, kwargs)
-                hidden = args[0] if args else kwargs["hidden_states"]
-                start, n = self._sink_len[idx], hidden.shape[1]
-                buf = self._sink_bits[idx]
-                if start + n > buf.shape[1]:  # growth: rare, leave it to the current code
-                    return slow(module, args, kwargs)
-                dev = hidden.device
-                c = cache.get(dev)
-                if c is None:
-                    c = cache[dev] = (torch.tensor(SINK, dtype=torch.int32, device=dev),
-                                      torch.tensor(0, dtype=torch.int32, device=dev),
-                                      tau / hidden.shape[-1] ** 0.5, tau * 1e-3)  # sqrt(RMS_EPS) = 1e-3
-                sink, zero, tau_rms, floor = c
-                x = hidden.float()
-                peak = x.index_select(-1, self._dims_on(dev)).abs_().amax(-1)
-                limit = torch.linalg.vector_norm(x, dim=-1).mul_(tau_rms).clamp_min_(floor)
-                torch.where(peak >= limit, sink, zero, out=buf[:, start:start + n])
-                self._sink_len[idx] = start + n
-                return None
-
-            return pre_hook
-
-        self._set(VarRuntime, "_hook", var_hook)
-        if session_mod.kernel_attention is kernel_dispatch:  # not stubbed: bind the backend once
-            bound = {}
-
-            def direct(q, k, v, *, scale, mask=None, params=None, want=(), backend="auto"):
-                fn = bound.get(backend)
-                if fn is None:
-                    from vlmfix.kernels import resolve_backend
-                    if resolve_backend(backend, q.device) == "triton":
-                        from vlmfix.kernels import triton_attention
-                        fn = triton_attention.attention
-                    else:
-                        fn = reference.attention
-                    bound[backend] = fn
-                return fn(q, k, v, scale=scale, mask=mask, params=params, want=want)
-
-            self.saved.append((session_mod, "kernel_attention", session_mod.kernel_attention))
-            session_mod.kernel_attention = direct
-        return self
-
-    def __exit__(self, *exc):
-        for obj, name, value in reversed(self.saved):
-            if value is None:
-                delattr(obj, name)
-            else:
-                setattr(obj, name, value)
-        self.saved = []
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # measurement
 # ----------------------------------------------------------------------------------------------------------------------
 def methods_for(name, sink_dims, tau):
@@ -207,10 +114,8 @@ def configured(model, cfg, sink_dims, tau):
     base, *mods = cfg.split("+")
     ctx = contextlib.ExitStack()
     with ctx:
-        if "stub" in mods or "fast" in mods:
+        if "stub" in mods:
             ctx.enter_context(kernel_stub())
-        if "fast" in mods:
-            ctx.enter_context(FastPatch())
         if base != "vanilla":
             vlmfix.patch(model, *methods_for(base, sink_dims, tau), backend="torch")
         try:
@@ -282,8 +187,8 @@ def calibrate_tau(model, inputs, dims, target=6.0):
 
 
 def _short(path):
-    if "profile_overhead" in path:
-        return "FastPatch"
+    if os.path.abspath(path) == os.path.abspath(__file__):
+        return "profile_overhead.py"  # the kernel stub
     return os.path.relpath(path, os.path.dirname(vlmfix.__file__))
 
 
@@ -322,7 +227,7 @@ def profile_loop(model, inputs, cfg, steps, sink_dims, tau, top=18):
 
 def micro(hidden_size=4096, kv_len=704, n=3000):
     """Per-call host cost (us, CPU time, min of 5 x n calls) of the per-layer pieces, at LLaVA-7B's width."""
-    from vlmfix.heads import detect_sinks
+    from vlmfix.heads import SinkBitWriter, detect_sinks
     from vlmfix.kernels import resolve_backend
     from vlmfix.patches.session import LayerCall
 
@@ -330,23 +235,17 @@ def micro(hidden_size=4096, kv_len=704, n=3000):
     dims = (1415, 2533)
     classes = torch.zeros(1, kv_len, dtype=torch.int32)
     buf = torch.zeros(1, 2 * kv_len, dtype=torch.int32)
-    index = torch.tensor(dims)
-    sink_t, zero_t = torch.tensor(SINK, dtype=torch.int32), torch.tensor(0, dtype=torch.int32)
-    tau_rms, floor = 20.0 / hidden_size ** 0.5, 20.0 * 1e-3
+    dims_t = torch.tensor(dims)
+    writer = SinkBitWriter(dims_t, 20.0, hidden_size, SINK)
     q = torch.randn(1, 32, 1, 128)
 
-    dims_t = torch.tensor(dims)
-
-    def var_now():  # the current VarRuntime: hook (detect + write SINK bits into the buffer) + contribute
-        hit = detect_sinks(h, dims_t, 20.0)
-        buf[:, kv_len - 1:kv_len] = hit.to(torch.int32) * SINK
+    def var_now():  # VarRuntime's decode step: hook (test + SINK bit into the buffer) + contribute's ``|``
+        writer(h, out=buf[:, kv_len - 1:kv_len])
         return classes | buf[:, :kv_len]
 
-    def var_fast():
-        x = h.float()
-        peak = x.index_select(-1, index).abs_().amax(-1)
-        limit = torch.linalg.vector_norm(x, dim=-1).mul_(tau_rms).clamp_min_(floor)
-        torch.where(peak >= limit, sink_t, zero_t, out=buf[:, kv_len - 1:kv_len])
+    def var_detect_sinks():  # the same with the prefill's test, as the decode step was before SinkBitWriter
+        hit = detect_sinks(h, dims_t, 20.0)
+        buf[:, kv_len - 1:kv_len] = hit.to(torch.int32) * SINK
         return classes | buf[:, :kv_len]
 
     def dispatch():
@@ -356,7 +255,7 @@ def micro(hidden_size=4096, kv_len=704, n=3000):
         return LayerCall(3, q, q, q, None, 0.1, classes, reference.ReweightParams(), None)
 
     out = {}
-    for name, fn in (("var_decode_layer_now", var_now), ("var_decode_layer_prototype", var_fast),
+    for name, fn in (("var_decode_layer", var_now), ("var_decode_layer_with_detect_sinks", var_detect_sinks),
                      ("resolve_backend", dispatch), ("layercall_and_params", objects)):
         best = float("inf")
         for _ in range(5):
@@ -378,8 +277,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--configs", default="vanilla,patched,var,vhr_fused,dual_stream,all,"
-                                         "var+stub,vhr_fused+stub,dual_stream+stub,all+stub,"
-                                         "var+fast,vhr_fused+fast,dual_stream+fast,all+fast")
+                                         "var+stub,vhr_fused+stub,dual_stream+stub,all+stub")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -391,26 +289,6 @@ def main(argv=None):
     n = args.layers
     print(f"model: LLaVA, Llama {n} x {args.hidden} ({args.heads} heads), prompt {inputs['input_ids'].shape[1]} "
           f"tokens; VAR dims {dims} tau {tau:.3f}; torch {torch.__version__}, {args.threads} thread(s)")
-
-    # correctness of the prototype: the same logits at every generated step as the unoptimised patch with the real
-    # reference kernel (and different from vanilla, so the check has teeth)
-    def logits(cfg_ctx, base):
-        with cfg_ctx, configured(model, base, dims, tau), torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=12, min_new_tokens=12, do_sample=False,
-                                 output_logits=True, return_dict_in_generate=True)
-        return out.sequences, torch.stack(out.logits)
-
-    _, van_logits = logits(contextlib.nullcontext(), "vanilla")
-    for base in ("var", "vhr_fused", "vhr_exact", "dual_stream", "all", "all_exact"):
-        ref_seq, ref_logits = logits(contextlib.nullcontext(), base)
-        fast_seq, fast_logits = logits(FastPatch(), base)
-        diff = (ref_logits - fast_logits).abs().max().item()
-        effect = (ref_logits - van_logits).abs().max().item()
-        same = torch.equal(ref_seq, fast_seq) and diff <= 1e-5 * max(1.0, ref_logits.abs().max().item())
-        print(f"FastPatch {base:<11} tokens equal {torch.equal(ref_seq, fast_seq)}, max |logit diff| {diff:.2e} "
-              f"(method effect vs vanilla {effect:.2e})")
-        if not same:
-            raise SystemExit("FastPatch changed the output")
 
     for cfg in cfgs:  # warm-up
         step_time(model, inputs, cfg, 4, dims, tau)
@@ -455,7 +333,6 @@ def main(argv=None):
               "torch": torch.__version__, "rows": rows, "micro_us": micro_us}
     if args.profile:
         result["profile_all_stub"] = profile_loop(model, inputs, "all+stub", args.steps, dims, tau)
-        result["profile_all_fast"] = profile_loop(model, inputs, "all+fast", args.steps, dims, tau)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlmfix.heads import (KNOWN_SINK_DIMS, detect_sinks, find_sink_dims, known_sink_dims, sink_scores,
+from vlmfix.heads import (KNOWN_SINK_DIMS, SinkBitWriter, detect_sinks, find_sink_dims, known_sink_dims, sink_scores,
                           sink_dims_from_hidden_states)
 
 
@@ -51,6 +51,27 @@ def test_detect_sinks_threshold_semantics():
     mask = detect_sinks(h, (7, 100), 8.0)
     assert mask.dtype == torch.bool
     assert mask.nonzero().tolist() == [[0, 0], [1, 3]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sink_bit_writer_equals_detect_sinks(dtype):
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(3, 40, 256, generator=g) * torch.rand(3, 40, 1, generator=g) * 4
+    h[..., 7] *= torch.rand(3, 40, generator=g) * 60  # phi spread over 0..16 (sqrt(256)): sinks and non-sinks
+    h[1, 5] = 0.0  # an all-zero state: never a sink
+    h = h.to(dtype)
+    dims = torch.tensor([7, 100])
+    phi = sink_scores(h, dims)
+    for tau in (3.0, 6.0, 10.0):  # phi <= sqrt(256) = 16
+        for strict in (False, True):
+            buf = torch.full((3, 50), -1, dtype=torch.int32)
+            SinkBitWriter(dims, tau, 256, bit=2, strict=strict)(h, out=buf[:, 4:44])
+            expected = detect_sinks(h, dims, tau, strict=strict)
+            assert ((phi / tau - 1).abs() > 1e-5).all()  # no phi at the threshold, where fp32 rounding may differ
+            assert expected.any() and not expected.all()
+            assert torch.equal(buf[:, 4:44], expected.to(torch.int32) * 2)
+            assert (buf[:, :4] == -1).all() and (buf[:, 44:] == -1).all()  # nothing written outside ``out``
+    assert not detect_sinks(h, dims, 3.0)[1, 5]
 
 
 def test_shape_and_dim_errors():

@@ -36,6 +36,7 @@ def poisoned(monkeypatch):
     monkeypatch.setattr(ta, "_empty", nan_empty)
     monkeypatch.setattr(ta, "_workspace", {})
     monkeypatch.setattr(ta, "_split_cache", {})
+    monkeypatch.setattr(ta, "_counters", {})
     yield
 
 
@@ -210,14 +211,43 @@ def test_var_decode_both_branches_across_batch():
     check(q, k, v, scale=0.125, params=params)
 
 
-@pytest.mark.parametrize("splits", ["one", "many"])
+@pytest.mark.parametrize("splits", ["one", "many", "many-separate-combine"])
 def test_decode_split_paths(monkeypatch, splits):
     if splits == "one":
         monkeypatch.setitem(ta.DECODE_SPLIT, "min_keys", 10 ** 9)
-    assert (ta.decode_splits(70, 4, 16, torch.device("cpu"))[0] > 1) == (splits == "many")
+    monkeypatch.setattr(ta, "FUSED_COMBINE", splits != "many-separate-combine")
+    assert (ta.decode_splits(70, 4, 16, torch.device("cpu"))[0] > 1) == (splits != "one")
     gen = torch.Generator().manual_seed(3)
     q, k, v, cls = inputs(2, 8, 2, 1, 70, 64, torch.float32, gen)
-    check(q, k, v, scale=0.125, params=method_params("all", 2, 8, cls, gen, 1, 70, q, k, v, 0.125, None))
+    params = method_params("all", 2, 8, cls, gen, 1, 70, q, k, v, 0.125, None)
+    check(q, k, v, scale=0.125, params=params)
+    # The fused merge hands its arrival counters back at zero: a second launch (other inputs) must be exact too.
+    check(q.flip(1), k, v.flip(2), scale=0.125, params=params)
+    for counters in ta._counters.values():
+        assert int(counters.abs().sum()) == 0
+
+
+def test_var_prefill_fixup_skips_plain_image_blocks():
+    """One visual sink in a long image: most key blocks hold neither sinks nor text, so the VAR tile's fix-up
+    skips them, and the result must still be the reference's; and with no image-centric row the fix-up is skipped
+    entirely (output equal to plain attention)."""
+    gen = torch.Generator().manual_seed(17)
+    n = 90
+    q, k, v, _ = inputs(1, 4, 2, n, n, 64, torch.float32, gen)
+    cls = torch.zeros(n, dtype=torch.int64)
+    cls[0] = SINK
+    cls[6:70] = VISUAL
+    cls[40] |= SINK
+    k[:, :, 40] *= 3
+    cls = cls.expand(1, n).contiguous()
+    params = ReweightParams(key_class=cls, var_p=torch.full((1, 4), 0.6), var_rho=0.5, var_min_mass=0.2)
+    assert both_var_branches(q, k, v, 0.125, None, params)[0]
+    out, _ = check(q, k, v, scale=0.125, params=params)
+    plain, _ = ta.attention(q, k, v, scale=0.125)
+    assert (out - plain).abs().max() > 1e-3  # VAR really moved mass
+    params.var_min_mass = 2.0  # no row can be image-centric
+    out, _ = check(q, k, v, scale=0.125, params=params)
+    torch.testing.assert_close(out, plain, rtol=1e-6, atol=1e-6)
 
 
 def test_mqa_and_per_head_mask():

@@ -4,13 +4,13 @@ from .carve import (attention_entropy, contrast, fuse_maps, refine_image, select
                     top_p_mask)
 from .dual_stream import (avg_pool_scores, cls_attention, local_tokens, pixel_shuffle_scores, pool_scores,
                           received_attention, select_streams, summary_tokens)
-from .sinks import (KNOWN_SINK_DIMS, SinkDimsReport, detect_sinks, find_sink_dims, known_sink_dims, sink_scores,
-                    sink_dims_from_hidden_states)
+from .sinks import (KNOWN_SINK_DIMS, SinkBitWriter, SinkDimsReport, detect_sinks, find_sink_dims, known_sink_dims,
+                    sink_dims_from_hidden_states, sink_scores)
 from .vhr import head_divergence, select_heads, suppress_outliers, text_norm_sq
 
 __all__ = [
     "KNOWN_SINK_DIMS", "SinkDimsReport", "known_sink_dims", "sink_scores", "detect_sinks", "find_sink_dims",
-    "sink_dims_from_hidden_states",
+    "sink_dims_from_hidden_states", "SinkBitWriter",
     "head_divergence", "text_norm_sq", "suppress_outliers", "select_heads",
     "local_tokens", "summary_tokens", "select_streams", "cls_attention", "received_attention", "pool_scores",
     "avg_pool_scores", "pixel_shuffle_scores",

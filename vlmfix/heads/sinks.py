@@ -103,6 +103,47 @@ def detect_sinks(hidden: torch.Tensor, dims: Sequence[int], tau: float = 20.0, s
     return phi > tau if strict else phi >= tau
 
 
+class SinkBitWriter:
+    """``detect_sinks`` for the few new tokens of a decode step, written as a class bit straight into an int32 buffer.
+
+    It runs in every VAR layer for every generated token, where each ATen op is a kernel launch paid on the host, so
+    it takes 7 ops (``index_select``, two ``vector_norm``, ``hypot``, ``mul_``, the comparison, ``where(out=)``)
+    against 9 for ``detect_sinks`` (``pow``, ``mean``, ``add``, ``rsqrt``, ``index_select``, ``abs``, ``amax``,
+    ``mul``, the comparison; 10 with the ``float`` of a bf16 state) plus 3 to turn its bool mask into bits
+    (``to(int32)``, ``* bit``, a copy). The test is the same inequality, rearranged:
+
+        max|x_d| * rsqrt(mean(x^2) + eps) >= tau   <=>   max|x_d| * sqrt(D) / tau >= hypot(||x||_2, sqrt(D * eps))
+
+    ``eps`` stays under the root (``RMS_EPS``, as in ``detect_sinks``; flooring the RMS at sqrt(eps) instead would
+    change the answer for all-but-zero states), so the two agree everywhere up to fp32 rounding, i.e. except for a
+    phi within a few ulps of tau. The prefill keeps ``detect_sinks`` itself: its mask is bit-exact with
+    ``sink_scores`` (a tau set *at* a phi value behaves as documented there), and it runs once per sequence.
+
+    The norms are taken in fp32, as in ``sink_scores``, through ``vector_norm``'s ``dtype``: CUDA's reductions read
+    a bf16 state directly (7 kernels per call for fp32 and bf16 alike on the H200; a ``float()`` copy first would be
+    an eighth). The channel index and the two int32 scalars that ``where`` writes are device tensors made once here,
+    so a call copies nothing from the host.
+    """
+
+    def __init__(self, dims: torch.Tensor, tau: float, hidden_size: int, bit: int, strict: bool = False):
+        """``dims``: long tensor of channels, on the states' device and already checked against ``hidden_size``."""
+        device = dims.device
+        self.dims = dims
+        self.scale = hidden_size ** 0.5 / tau
+        self.eps_norm = torch.tensor((hidden_size * RMS_EPS) ** 0.5, dtype=torch.float32, device=device)
+        self.on = torch.tensor(bit, dtype=torch.int32, device=device)
+        self.off = torch.tensor(0, dtype=torch.int32, device=device)
+        self.compare = torch.gt if strict else torch.ge
+
+    def __call__(self, hidden: torch.Tensor, out: torch.Tensor) -> None:
+        """Write ``bit`` (sink) or 0 for each token of ``hidden`` (B, T, D) into ``out`` (B, T) int32, in place."""
+        peak = torch.linalg.vector_norm(hidden.index_select(-1, self.dims), ord=float("inf"), dim=-1,
+                                        dtype=torch.float32)
+        norm = torch.linalg.vector_norm(hidden, dim=-1, dtype=torch.float32)
+        torch.where(self.compare(peak.mul_(self.scale), torch.hypot(norm, self.eps_norm)), self.on, self.off,
+                    out=out)
+
+
 @dataclass
 class SinkDimsReport:
     """What ``find_sink_dims`` saw.

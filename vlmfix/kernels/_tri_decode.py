@@ -41,13 +41,19 @@ def _pv(p, v, acc, DOT_FP32: tl.constexpr):
 
 
 @triton.jit
-def _split_loop(acc, l_i, m_i, P, Vs, mass, q, part, lo, hi, K_blk, V_blk, skn, svn, n_kv, offs_n, offs_d, d_ok,
+def _split_loop(acc, l_i, m_i, P, Vs, ps, mass, q, part, lo, hi, K_blk, V_blk, skn, svn, n_kv, offs_n, offs_d, d_ok,
                 qpos, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHECK_N: tl.constexpr,
                 HAS_MASK: tl.constexpr, LOAD_CLS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr,
-                PARTS: tl.constexpr, GROUP: tl.constexpr, DOT_FP32: tl.constexpr, WANT_MASS: tl.constexpr):
+                PARTS: tl.constexpr, GROUP: tl.constexpr, DOT_FP32: tl.constexpr, WANT_MASS: tl.constexpr,
+                SUMS_BY_DOT: tl.constexpr):
     """Online softmax over keys [lo, hi). With VAR each row keeps only its part's keys in the value product
-    (part 0: neither sink nor visual non-sink, 1: sink, 2: visual non-sink) and ``P`` is that part's mass."""
+    (part 0: neither sink nor visual non-sink, 1: sink, 2: visual non-sink) and ``P`` is that part's mass.
+
+    ``SUMS_BY_DOT`` accumulates the part masses as a small product of the kept probabilities with a (keys x 16)
+    indicator (column 0: every key, column 1: visual keys) instead of two row sums per block: the sums cross warps
+    (shared memory and a barrier each), the product stays in the tensor cores' layout. Column 1 of a sink row is
+    that head's visual-sink mass ``Vs``."""
     for start_n in range(lo, hi, BLOCK_N):
         s, cls = block_scores(q, K_blk, skn, start_n, n_kv, offs_n, offs_d, d_ok, qpos, rows_ok, rows_ok,
                               CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
@@ -67,23 +73,31 @@ def _split_loop(acc, l_i, m_i, P, Vs, mass, q, part, lo, hi, K_blk, V_blk, skn, 
             vns = vis & (~sink)
             rest = (~sink) & (~vns)
             take = ((part == 1)[:, None] & sink) | ((part == 2)[:, None] & vns) | ((part == 0)[:, None] & rest)
-            Vs = Vs * alpha + tl.sum(tl.where(sink & vis, p, 0.0), 1)
-            p = tl.where(take, p, 0.0)
-            P = P * alpha + tl.sum(p, 1)
+            if SUMS_BY_DOT:
+                p = tl.where(take, p, 0.0)
+                c16 = tl.arange(0, 16)[None, :]
+                vis_k = ((cls & 1) != 0)[:, None]
+                ind = tl.where(c16 == 0, 1.0, tl.where((c16 == 1) & vis_k, 1.0, 0.0))
+                ps = _pv(p, ind.to(v.dtype), ps * alpha[:, None], DOT_FP32)
+            else:
+                Vs = Vs * alpha + tl.sum(tl.where(sink & vis, p, 0.0), 1)
+                p = tl.where(take, p, 0.0)
+                P = P * alpha + tl.sum(p, 1)
         acc = _pv(p, v, acc * alpha[:, None], DOT_FP32)
         m_i = m_new
-    return acc, l_i, m_i, P, Vs, mass
+    return acc, l_i, m_i, P, Vs, ps, mass
 
 
 @triton.jit
-def decode_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M,
+def decode_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, CNT,
                   sqb, sqh, skb, skh, skn, svb, svh, svn, sob, soh,
                   smb, smh, smn, scb, scn, slb_b, slb_h, sam_b, sam_h, svp_b, svp_h, shs_b, shs_h,
                   qk_scale, var_rho, var_min_mass, N, H, G, chunk,
                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                   SPLITS: tl.constexpr, PARTS: tl.constexpr, GROUP: tl.constexpr, HAS_MASK: tl.constexpr,
                   LOAD_CLS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr, HAS_HS: tl.constexpr,
-                  WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr, DOT_FP32: tl.constexpr):
+                  WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr, DOT_FP32: tl.constexpr,
+                  BLOCK_S: tl.constexpr, FUSED_COMBINE: tl.constexpr, SUMS_BY_DOT: tl.constexpr):
     """Rows of the tile are (part, query head of the group): VAR's three value accumulators of a head become three
     rows of one product, so VAR costs no extra matrix product and, for groups of up to five heads, no extra rows."""
     split = tl.program_id(0)
@@ -123,15 +137,23 @@ def decode_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS, WS_O, WS_
     zero = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     mass = tl.zeros([BLOCK_M, 16], dtype=tl.float32)
-    acc, l_i, m_i, P, Vs, mass = _split_loop(
-        acc, zero, m_i, zero, zero, mass, q, part, lo, mid, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
+    acc, l_i, m_i, P, Vs, ps, mass = _split_loop(
+        acc, zero, m_i, zero, zero, mass, mass, q, part, lo, mid, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
         qpos, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_N, False, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, PARTS, GROUP, DOT_FP32, WANT_MASS)
-    acc, l_i, m_i, P, Vs, mass = _split_loop(
-        acc, l_i, m_i, P, Vs, mass, q, part, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
+        HEAD_DIM, BLOCK_D, BLOCK_N, False, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, PARTS, GROUP, DOT_FP32, WANT_MASS,
+        SUMS_BY_DOT)
+    acc, l_i, m_i, P, Vs, ps, mass = _split_loop(
+        acc, l_i, m_i, P, Vs, ps, mass, q, part, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
         qpos, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_N, True, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, PARTS, GROUP, DOT_FP32, WANT_MASS)
+        HEAD_DIM, BLOCK_D, BLOCK_N, True, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, PARTS, GROUP, DOT_FP32, WANT_MASS,
+        SUMS_BY_DOT)
 
+    if PARTS == 3 and SUMS_BY_DOT:
+        c16 = tl.arange(0, 16)[None, :]
+        P = tl.sum(tl.where(c16 == 0, ps, 0.0), 1)
+        vs_own = tl.sum(tl.where(c16 == 1, ps, 0.0), 1)
+        same_head = ((r[:, None] % G) == (r[None, :] % G)) & rows_ok[None, :] & (part == 1)[None, :]
+        Vs = tl.sum(tl.where(same_head, vs_own[None, :], 0.0), 1)
     if SPLITS == 1:
         if PARTS == 3:
             # Gather each head's part masses onto all of its rows, decide VAR per head, then fold the three part
@@ -161,33 +183,43 @@ def decode_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS, WS_O, WS_
             tl.store(MASS + stat_row[:, None] * 16 + c[None, :], mass / l_safe[:, None], mask=out_ok[:, None])
     else:
         ws_row = (pid * SPLITS + split) * BLOCK_M + r
-        tl.store(WS_O + ws_row[:, None] * BLOCK_D + offs_d[None, :], acc)
-        tl.store(WS_S + ws_row * 4, m_i)
-        tl.store(WS_S + ws_row * 4 + 1, l_i)
+        # Only the rows in use: with one head per kv head, 3 (VAR) or 1 of the tile's 16 rows.
+        tl.store(WS_O + ws_row[:, None] * BLOCK_D + offs_d[None, :], acc, mask=rows_ok[:, None])
+        tl.store(WS_S + ws_row * 4, m_i, mask=rows_ok)
+        tl.store(WS_S + ws_row * 4 + 1, l_i, mask=rows_ok)
         if PARTS == 3:
-            tl.store(WS_S + ws_row * 4 + 2, P)
-            tl.store(WS_S + ws_row * 4 + 3, Vs)
+            tl.store(WS_S + ws_row * 4 + 2, P, mask=rows_ok)
+            tl.store(WS_S + ws_row * 4 + 3, Vs, mask=rows_ok)
         if WANT_MASS:
             c = tl.arange(0, 16)
-            tl.store(WS_M + ws_row[:, None] * 16 + c[None, :], mass)
+            tl.store(WS_M + ws_row[:, None] * 16 + c[None, :], mass, mask=rows_ok[:, None])
+        if FUSED_COMBINE:
+            # The last split of this (batch, kv head) to finish merges all of them: no second launch. The barrier
+            # makes the whole program's stores precede the (release) ticket; the winner's (acquire) ticket makes
+            # every other split's stores visible to its loads, which bypass L1.
+            tl.debug_barrier()
+            ticket = tl.atomic_add(CNT + pid, 1)
+            if ticket == SPLITS - 1:
+                tl.debug_barrier()
+                for g in tl.static_range(GROUP):
+                    _combine_head(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, b, hk * G + g, sob, soh, scb,
+                                  scn, svp_b, svp_h, shs_b, shs_h, var_rho, var_min_mass, N, H, G, HEAD_DIM,
+                                  BLOCK_D, BLOCK_M, SPLITS, BLOCK_S, PARTS, HAS_HS, WANT_LSE, WANT_MASS)
+                tl.atomic_xchg(CNT + pid, 0)  # ready for the next launch
 
 
 @triton.jit
-def combine_kernel(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, sob, soh, scb, scn, svp_b, svp_h, shs_b, shs_h,
-                   var_rho, var_min_mass, N, H, G,
-                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, SPLITS: tl.constexpr,
-                   BLOCK_S: tl.constexpr, PARTS: tl.constexpr, HAS_HS: tl.constexpr, WANT_LSE: tl.constexpr,
-                   WANT_MASS: tl.constexpr):
+def _combine_head(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, b, h, sob, soh, scb, scn, svp_b, svp_h, shs_b,
+                  shs_h, var_rho, var_min_mass, N, H, G, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                  BLOCK_M: tl.constexpr, SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, PARTS: tl.constexpr,
+                  HAS_HS: tl.constexpr, WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr):
     """Merges the splits of one (batch, query head) row: rescale each split to the common max, then finish."""
-    pid = tl.program_id(0)
-    b = pid // H
-    h = pid % H
     sp = tl.arange(0, BLOCK_S)
     sp_ok = sp < SPLITS
     base = ((b * (H // G) + h // G) * SPLITS + sp) * BLOCK_M
     row0 = base + h % G
-    m = tl.load(WS_S + row0 * 4, mask=sp_ok, other=float("-inf"))
-    l_s = tl.load(WS_S + row0 * 4 + 1, mask=sp_ok, other=0.0)
+    m = tl.load(WS_S + row0 * 4, mask=sp_ok, other=float("-inf"), cache_modifier=".cg")
+    l_s = tl.load(WS_S + row0 * 4 + 1, mask=sp_ok, other=0.0, cache_modifier=".cg")
     m_max = tl.max(m, 0)
     m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
     w = tl.exp2(m - m_use)
@@ -195,17 +227,17 @@ def combine_kernel(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, sob, soh, scb,
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     acc = tl.sum(w[:, None] * tl.load(WS_O + row0[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None],
-                                      other=0.0), 0)
+                                      other=0.0, cache_modifier=".cg"), 0)
     if PARTS == 3:
         row1 = row0 + G
         row2 = row1 + G
         acc_s = tl.sum(w[:, None] * tl.load(WS_O + row1[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None],
-                                            other=0.0), 0)
+                                            other=0.0, cache_modifier=".cg"), 0)
         acc_v = tl.sum(w[:, None] * tl.load(WS_O + row2[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None],
-                                            other=0.0), 0)
-        S = tl.sum(w * tl.load(WS_S + row1 * 4 + 2, mask=sp_ok, other=0.0), 0)
-        Vns = tl.sum(w * tl.load(WS_S + row2 * 4 + 2, mask=sp_ok, other=0.0), 0)
-        Vs = tl.sum(w * tl.load(WS_S + row0 * 4 + 3, mask=sp_ok, other=0.0), 0)
+                                            other=0.0, cache_modifier=".cg"), 0)
+        S = tl.sum(w * tl.load(WS_S + row1 * 4 + 2, mask=sp_ok, other=0.0, cache_modifier=".cg"), 0)
+        Vns = tl.sum(w * tl.load(WS_S + row2 * 4 + 2, mask=sp_ok, other=0.0, cache_modifier=".cg"), 0)
+        Vs = tl.sum(w * tl.load(WS_S + row0 * 4 + 3, mask=sp_ok, other=0.0, cache_modifier=".cg"), 0)
         q_cls = tl.load(CLS + b * scb + (N - 1) * scn).to(tl.int32)
         p_var = tl.load(VARP + b * svp_b + h * svp_h)
         w_sink, w_vis = var_weights(l_i, S, Vs, Vns, (q_cls & 1) == 0, p_var, var_rho, var_min_mass)
@@ -215,12 +247,26 @@ def combine_kernel(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, sob, soh, scb,
     if HAS_HS:
         out = out * tl.load(HS + b * shs_b + h * shs_h)
     tl.store(O + b * sob + h * soh + offs_d, out.to(O.dtype.element_ty), mask=d_ok)
+    stat = b * H + h
     if WANT_LSE:
-        tl.store(LSE + pid, tl.where(l_i > 0, (m_max + tl.log2(l_safe)) * LN2, float("-inf")))
+        tl.store(LSE + stat, tl.where(l_i > 0, (m_max + tl.log2(l_safe)) * LN2, float("-inf")))
     if WANT_MASS:
         c = tl.arange(0, 16)
-        part = tl.load(WS_M + row0[:, None] * 16 + c[None, :], mask=sp_ok[:, None], other=0.0)
-        tl.store(MASS + pid * 16 + c, tl.sum(w[:, None] * part, 0) / l_safe)
+        part = tl.load(WS_M + row0[:, None] * 16 + c[None, :], mask=sp_ok[:, None], other=0.0, cache_modifier=".cg")
+        tl.store(MASS + stat * 16 + c, tl.sum(w[:, None] * part, 0) / l_safe)
+
+
+@triton.jit
+def combine_kernel(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, sob, soh, scb, scn, svp_b, svp_h, shs_b, shs_h,
+                   var_rho, var_min_mass, N, H, G,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, SPLITS: tl.constexpr,
+                   BLOCK_S: tl.constexpr, PARTS: tl.constexpr, HAS_HS: tl.constexpr, WANT_LSE: tl.constexpr,
+                   WANT_MASS: tl.constexpr):
+    """The merge as its own launch, one program per (batch, query head) (``FUSED_COMBINE`` off)."""
+    pid = tl.program_id(0)
+    _combine_head(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, pid // H, pid % H, sob, soh, scb, scn, svp_b,
+                  svp_h, shs_b, shs_h, var_rho, var_min_mass, N, H, G, HEAD_DIM, BLOCK_D, BLOCK_M, SPLITS, BLOCK_S,
+                  PARTS, HAS_HS, WANT_LSE, WANT_MASS)
 
 
 @triton.jit

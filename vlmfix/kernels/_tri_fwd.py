@@ -15,16 +15,14 @@ from ._tri_common import LN2, block_scores, one_hot16, var_weights
 
 
 @triton.jit
-def _attend(acc, l_i, m_i, mass, q, lo, hi, K_blk, V_blk, skn, svn, n_kv, offs_n, offs_d, d_ok, qpos, is_last,
-            rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, w_sink, w_vis,
+def _attend(acc, l_i, m_i, mass, S, Vs, Vns, q, lo, hi, K_blk, V_blk, skn, svn, n_kv, offs_n, offs_d, d_ok, qpos,
+            is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
             HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHECK_N: tl.constexpr,
             CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, LOAD_CLS: tl.constexpr, HAS_BIAS: tl.constexpr,
-            HAS_AMP: tl.constexpr, GROUP: tl.constexpr, DOT_FP32: tl.constexpr, WEIGHTED: tl.constexpr,
+            HAS_AMP: tl.constexpr, GROUP: tl.constexpr, DOT_FP32: tl.constexpr, VAR_MASS: tl.constexpr,
             WANT_MASS: tl.constexpr):
-    """Online-softmax loop over keys [lo, hi); ``WEIGHTED`` scales the value product by VAR's per-class factors.
-
-    ``l_i`` always sums the unweighted exponentials: VAR keeps rows normalised, so the final division is unchanged.
-    """
+    """Online-softmax loop over keys [lo, hi). ``VAR_MASS`` also sums the sink / visual-sink / visual-non-sink
+    masses VAR decides on (three masked row sums per block, sharing the running max)."""
     for start_n in range(lo, hi, BLOCK_N):
         s, cls = block_scores(q, K_blk, skn, start_n, n_kv, offs_n, offs_d, d_ok, qpos, is_last, rows_ok,
                               CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
@@ -38,10 +36,12 @@ def _attend(acc, l_i, m_i, mass, q, lo, hi, K_blk, V_blk, skn, svn, n_kv, offs_n
         acc = acc * alpha[:, None]
         if WANT_MASS:
             mass = mass * alpha[:, None] + tl.dot(p, one_hot16(cls), input_precision="ieee")
-        if WEIGHTED:
-            sink = (cls & 2) != 0
-            vis = (cls & 1) != 0
-            p = p * tl.where(sink[None, :], w_sink[:, None], tl.where(vis[None, :], w_vis[:, None], 1.0))
+        if VAR_MASS:
+            sink = ((cls & 2) != 0)[None, :]
+            vis = ((cls & 1) != 0)[None, :]
+            S = S * alpha + tl.sum(tl.where(sink, p, 0.0), 1)
+            Vs = Vs * alpha + tl.sum(tl.where(sink & vis, p, 0.0), 1)
+            Vns = Vns * alpha + tl.sum(tl.where(vis & (~sink), p, 0.0), 1)
         keys = start_n + offs_n
         v_ptrs = V_blk + keys[:, None] * svn + offs_d[None, :]
         if CHECK_N:
@@ -59,33 +59,43 @@ def _attend(acc, l_i, m_i, mass, q, lo, hi, K_blk, V_blk, skn, svn, n_kv, offs_n
         else:
             acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
-    return acc, l_i, m_i, mass
+    return acc, l_i, m_i, mass, S, Vs, Vns
 
 
 @triton.jit
-def _masses(l_i, m_i, S, Vs, Vns, q, lo, hi, K_blk, skn, n_kv, offs_n, offs_d, d_ok, qpos, is_last, rows_ok,
-            CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
-            HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHECK_N: tl.constexpr,
-            CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr,
-            GROUP: tl.constexpr, DOT_FP32: tl.constexpr):
-    """Scores-only pass: running normaliser and the sink / visual-sink / visual-non-sink masses, no values read."""
+def _var_fixup(acc, m_use, c_sink, c_rest, q, lo, hi, K_blk, V_blk, skn, svn, n_kv, offs_n, offs_d, d_ok, qpos,
+               is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHECK_N: tl.constexpr,
+               CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr,
+               GROUP: tl.constexpr, DOT_FP32: tl.constexpr):
+    """Adds ``c_sink * p`` on sink keys and ``c_rest * p`` on non-visual non-sink keys to the (final-max) value
+    accumulator; key blocks holding neither (the inside of an image) are skipped after reading their classes."""
     for start_n in range(lo, hi, BLOCK_N):
-        s, cls = block_scores(q, K_blk, skn, start_n, n_kv, offs_n, offs_d, d_ok, qpos, is_last, rows_ok,
-                              CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
-                              HEAD_DIM, BLOCK_D, CHECK_N, CAUSAL, HAS_MASK, True, HAS_BIAS, HAS_AMP, GROUP,
-                              DOT_FP32)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_use[:, None])
-        alpha = tl.exp2(m_i - m_use)
-        sink = ((cls & 2) != 0)[None, :]
-        vis = ((cls & 1) != 0)[None, :]
-        l_i = l_i * alpha + tl.sum(p, 1)
-        S = S * alpha + tl.sum(tl.where(sink, p, 0.0), 1)
-        Vs = Vs * alpha + tl.sum(tl.where(sink & vis, p, 0.0), 1)
-        Vns = Vns * alpha + tl.sum(tl.where(vis & (~sink), p, 0.0), 1)
-        m_i = m_new
-    return l_i, m_i, S, Vs, Vns
+        keys = start_n + offs_n
+        if CHECK_N:
+            c = tl.load(CLS_b + keys * scn, mask=keys < n_kv, other=1).to(tl.int32)
+        else:
+            c = tl.load(CLS_b + keys * scn).to(tl.int32)
+        special = ((c & 2) != 0) | ((c & 1) == 0)
+        if tl.sum(special.to(tl.int32), 0) > 0:
+            s, cls = block_scores(q, K_blk, skn, start_n, n_kv, offs_n, offs_d, d_ok, qpos, is_last, rows_ok,
+                                  CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
+                                  HEAD_DIM, BLOCK_D, CHECK_N, CAUSAL, HAS_MASK, True, HAS_BIAS, HAS_AMP, GROUP,
+                                  DOT_FP32)
+            sink = ((cls & 2) != 0)[None, :]
+            vis = ((cls & 1) != 0)[None, :]
+            coef = tl.where(sink, c_sink[:, None], tl.where(vis, 0.0, c_rest[:, None]))
+            p = tl.exp2(s - m_use[:, None]) * coef
+            v_ptrs = V_blk + keys[:, None] * svn + offs_d[None, :]
+            if CHECK_N:
+                v = tl.load(v_ptrs, mask=(keys < n_kv)[:, None] & d_ok[None, :], other=0.0)
+            else:
+                v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+            if DOT_FP32:
+                acc = tl.dot(p, v.to(tl.float32), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(p.to(v.dtype), v, acc)
+    return acc
 
 
 @triton.jit
@@ -189,19 +199,17 @@ def _plain_tile(q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpo
                 HAS_HS: tl.constexpr, WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr):
     """The flash loop: keys below ``mid`` unmasked, then the masked remainder up to ``hi``."""
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    zero = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     mass = tl.zeros([BLOCK_M, 16], dtype=tl.float32)
-    ones = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
-    acc, l_i, m_i, mass = _attend(acc, l_i, m_i, mass, q, 0, mid, K_blk, V_blk, skn, svn, N, offs_n, offs_d,
-                                  d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn,
-                                  qk_scale, ones, ones, HEAD_DIM, BLOCK_D, BLOCK_N, False, False,
-                                  HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, False, WANT_MASS)
-    acc, l_i, m_i, mass = _attend(acc, l_i, m_i, mass, q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n,
-                                  offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row,
-                                  MASK_row, smn, qk_scale, ones, ones, HEAD_DIM, BLOCK_D, BLOCK_N, True,
-                                  CAUSAL, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, False,
-                                  WANT_MASS)
+    acc, l_i, m_i, mass, _s, _vs, _vns = _attend(
+        acc, zero, m_i, mass, zero, zero, zero, q, 0, mid, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos,
+        is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, False,
+        False, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, False, WANT_MASS)
+    acc, l_i, m_i, mass, _s, _vs, _vns = _attend(
+        acc, l_i, m_i, mass, zero, zero, zero, q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos,
+        is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, True,
+        CAUSAL, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, False, WANT_MASS)
     _epilogue(acc, l_i, m_i, mass, O, HS, LSE, MASS, b, h_row, i_row, rows_ok, offs_d, d_ok, sob, som, soh,
               shs_b, shs_h, M, H, HAS_HS, WANT_LSE, WANT_MASS)
 
@@ -213,26 +221,38 @@ def _var_tile(q, eligible, p_var, var_rho, var_min_mass, mid, hi, K_blk, V_blk, 
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
               HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr, GROUP: tl.constexpr, DOT_FP32: tl.constexpr,
               HAS_HS: tl.constexpr, WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr):
-    """Mass pre-pass (decides VAR per row), then the flash loop with VAR's per-class weights on the values."""
+    """The flash loop with VAR's masses, the VAR decision per row, then a fix-up over the few special key blocks.
+
+    With weights ``w_s`` (sink keys), ``w_v`` (visual non-sink keys) and 1 (the rest), the re-weighted output is
+    ``w_v * A + (w_s - w_v) * A_sink + (1 - w_v) * A_rest`` where ``A`` is the plain accumulator. Only the sink
+    and non-visual keys need a second look, and in a prompt they are a handful of blocks (BOS, the text around the
+    image, the few visual sinks); blocks inside the image cost one class load. Tiles where no row is selected skip
+    the fix-up altogether.
+    """
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     zero = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    ml, mm, S, Vs, Vns = _masses(zero, m_i, zero, zero, zero, q, 0, mid, K_blk, skn, N, offs_n, offs_d, d_ok, qpos,
-                                 is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM,
-                                 BLOCK_D, BLOCK_N, False, False, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32)
-    ml, mm, S, Vs, Vns = _masses(ml, mm, S, Vs, Vns, q, mid, hi, K_blk, skn, N, offs_n, offs_d, d_ok, qpos,
-                                 is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM,
-                                 BLOCK_D, BLOCK_N, True, CAUSAL, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32)
-    w_sink, w_vis = var_weights(ml, S, Vs, Vns, eligible, p_var, var_rho, var_min_mass)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     mass = tl.zeros([BLOCK_M, 16], dtype=tl.float32)
-    acc, l_i, m_i, mass = _attend(acc, zero, m_i, mass, q, 0, mid, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
-                                  qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
-                                  w_sink, w_vis, HEAD_DIM, BLOCK_D, BLOCK_N, False, False, HAS_MASK, True, HAS_BIAS,
-                                  HAS_AMP, GROUP, DOT_FP32, True, WANT_MASS)
-    acc, l_i, m_i, mass = _attend(acc, l_i, m_i, mass, q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
-                                  qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
-                                  w_sink, w_vis, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, HAS_MASK, True, HAS_BIAS,
-                                  HAS_AMP, GROUP, DOT_FP32, True, WANT_MASS)
+    acc, l_i, m_i, mass, S, Vs, Vns = _attend(
+        acc, zero, m_i, mass, zero, zero, zero, q, 0, mid, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos,
+        is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, False,
+        False, HAS_MASK, True, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, True, WANT_MASS)
+    acc, l_i, m_i, mass, S, Vs, Vns = _attend(
+        acc, l_i, m_i, mass, S, Vs, Vns, q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos,
+        is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, True,
+        CAUSAL, HAS_MASK, True, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, True, WANT_MASS)
+    w_sink, w_vis = var_weights(l_i, S, Vs, Vns, eligible, p_var, var_rho, var_min_mass)
+    if tl.sum((w_vis != 1.0).to(tl.int32) + (w_sink != 1.0).to(tl.int32), 0) > 0:
+        m_use = tl.where(m_i == float("-inf"), 0.0, m_i)
+        acc = acc * w_vis[:, None]
+        c_sink = w_sink - w_vis
+        c_rest = 1.0 - w_vis
+        acc = _var_fixup(acc, m_use, c_sink, c_rest, q, 0, mid, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
+                         qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM,
+                         BLOCK_D, BLOCK_N, False, False, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32)
+        acc = _var_fixup(acc, m_use, c_sink, c_rest, q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
+                         qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM,
+                         BLOCK_D, BLOCK_N, True, CAUSAL, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32)
     _epilogue(acc, l_i, m_i, mass, O, HS, LSE, MASS, b, h_row, i_row, rows_ok, offs_d, d_ok, sob, som, soh,
               shs_b, shs_h, M, H, HAS_HS, WANT_LSE, WANT_MASS)
 

@@ -31,35 +31,49 @@ _NO_STATS = frozenset()
 
 # Launch configurations. The interpreter gets small blocks so that small test shapes still cover several tiles,
 # several key blocks and split decoding; on the GPU they are the ones measured on an H200 (docs/kernels.md).
-# Keys: (kernel, "half" | "fp32").
+# Keys: (kernel, "half" | "fp32"); "fwd_short" serves prompts of at most SHORT_PREFILL_M query rows, where smaller
+# tiles give more programs (a 640-token prompt is 5 tiles of 128 per head).
 if INTERPRET:
     CONFIGS = {
         ("fwd", "half"): dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1),
         ("fwd", "fp32"): dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1),
+        ("fwd_short", "half"): dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1),
+        ("fwd_short", "fp32"): dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1),
         ("decode", "half"): dict(BLOCK_N=16, num_warps=4, num_stages=1),
         ("decode", "fp32"): dict(BLOCK_N=16, num_warps=4, num_stages=1),
     }
-    DECODE_SPLIT = dict(min_keys=32, keys_per_split=32, waves=64)
+    DECODE_SPLIT = dict(min_keys=32, keys_per_split=32, waves=64, busy_keys_per_split=32, busy_waves=64)
 else:
     CONFIGS = {
         ("fwd", "half"): dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
         ("fwd", "fp32"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
+        ("fwd_short", "half"): dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=3),
+        ("fwd_short", "fp32"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
         ("decode", "half"): dict(BLOCK_N=64, num_warps=4, num_stages=3),
         ("decode", "fp32"): dict(BLOCK_N=32, num_warps=4, num_stages=2),
     }
-    # Split the keys when a decode launch would leave most multiprocessors idle.
-    DECODE_SPLIT = dict(min_keys=1024, keys_per_split=256, waves=2)
+    # Split the keys when a decode launch would leave multiprocessors idle (measured on an H200, docs/kernels.md):
+    # under one wave of programs (batch 1) from 256 keys in 128-key pieces for ~2 waves; a launch of a wave or
+    # more (batch 8) only in pieces of at least 1024 keys for ~4 waves.
+    DECODE_SPLIT = dict(min_keys=256, keys_per_split=128, waves=2, busy_keys_per_split=1024, busy_waves=4)
 
 # Every allocation goes through this name so tests can hand out NaN-filled buffers and catch unwritten elements.
 _empty = torch.empty
 _sm_count: dict = {}
 _split_cache: dict = {}  # cleared by whoever edits DECODE_SPLIT
 # How a prefill with VAR splits its tiles between launches (measured on an H200, docs/kernels.md):
-# "pair": plain launch skipping VAR tiles + VAR launch over them (the default, kernels_h200.json);
-# "redo": plain launch computing every tile + VAR launch overwriting VAR tiles (slower: VAR tiles paid twice);
-# "one":  a single launch, each tile on its own path (half the launch overhead: better for short prompts).
-VAR_LAUNCH = "pair"
+# "one":  a single launch, each tile on its own path (the default: with the one-pass VAR tile it was the fastest
+#         at every measured length);
+# "pair": plain launch skipping VAR tiles + VAR launch over them (fewer registers per variant, one more launch);
+# "redo": plain launch computing every tile + VAR launch overwriting VAR tiles (VAR tiles paid twice).
+VAR_LAUNCH = "one"
+SHORT_PREFILL_M = 0
 _workspace: dict = {}
+_counters: dict = {}
+# Split decode merges its partial results in the last program to finish (one launch) instead of a combine launch.
+FUSED_COMBINE = True
+# VAR decode: part masses through a small tensor-core product rather than two cross-warp row sums per key block.
+DECODE_SUMS_BY_DOT = False
 
 
 def _num_sms(device: torch.device) -> int:
@@ -86,12 +100,24 @@ def _decode_splits(n: int, programs: int, block_n: int, device: torch.device) ->
     cfg = DECODE_SPLIT
     if n < cfg["min_keys"]:
         return 1, n
-    want = -(-cfg["waves"] * _num_sms(device) // programs)
-    splits = max(1, min(want, -(-n // cfg["keys_per_split"])))
+    # A launch that already fills the GPU (batch 8) only gains from splitting long rows; batch 1 from short ones too.
+    busy = programs >= _num_sms(device)
+    waves = cfg["busy_waves"] if busy else cfg["waves"]
+    per_split = cfg["busy_keys_per_split"] if busy else cfg["keys_per_split"]
+    want = -(-waves * _num_sms(device) // programs)
+    splits = max(1, min(want, -(-n // per_split)))
     if splits == 1:
         return 1, n
     chunk = -(-(-(-n // splits)) // block_n) * block_n
     return -(-n // chunk), chunk
+
+
+def _tickets(device: torch.device, numel: int) -> torch.Tensor:
+    """Zeroed int32 arrival counters of the fused split combine; each launch leaves them zero again."""
+    buf = _counters.get(device)
+    if buf is None or buf.numel() < numel:
+        buf = _counters[device] = torch.zeros(max(numel, 1024), dtype=torch.int32, device=device)
+    return buf
 
 
 def _pow2(x: int) -> int:
@@ -215,29 +241,33 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
         parts = 3 if var_p is not None else 1
         block_m = max(16, _pow2(parts * group))
         splits, chunk = decode_splits(n, bsz * hkv, block_n, dev)
+        fused = splits > 1 and FUSED_COMBINE
         if splits > 1:
             rows = bsz * hkv * splits * block_m
             ws_o = _ws(dev, "o", rows * block_d)
             ws_s = _ws(dev, "s", rows * 4)
             ws_m = _ws(dev, "m", rows * 16) if want_mass else ws_s
+            cnt = _tickets(dev, bsz * hkv) if fused else ws_s
         else:
-            ws_o = ws_s = ws_m = out
+            ws_o = ws_s = ws_m = cnt = out
+        block_s = max(2, _pow2(splits))
         decode_kernel[(splits, bsz * hkv)](
-            q, k, v, out, *ptrs, ws_o, ws_s, ws_m,
+            q, k, v, out, *ptrs, ws_o, ws_s, ws_m, cnt,
             qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], m * hq * d, d, ms[0], ms[1], ms[3],
             *cs, *lbs, *ams, *vps, *hss,
             qk_scale, rho, min_mass, n, hq, group, chunk,
             HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=block_m, SPLITS=splits, PARTS=parts, GROUP=group,
-            DOT_FP32=dot_fp32, LOAD_CLS=load_cls or var_p is not None, **common, **cfg)
-        if splits > 1:
+            DOT_FP32=dot_fp32, LOAD_CLS=load_cls or var_p is not None, BLOCK_S=block_s, FUSED_COMBINE=fused,
+            SUMS_BY_DOT=parts == 3 and DECODE_SUMS_BY_DOT, **common, **cfg)
+        if splits > 1 and not fused:
             combine_kernel[(bsz * hq,)](
                 out, ptrs[1], ptrs[4], ptrs[5], ptrs[6], ptrs[7], ws_o, ws_s, ws_m,
                 m * hq * d, d, *cs, *vps, *hss, rho, min_mass, n, hq, group,
                 HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=block_m, SPLITS=splits,
-                BLOCK_S=max(2, _pow2(splits)), PARTS=parts, HAS_HS=hs is not None,
+                BLOCK_S=block_s, PARTS=parts, HAS_HS=hs is not None,
                 WANT_LSE=want_lse, WANT_MASS=want_mass, num_warps=4)
     else:
-        cfg = dict(CONFIGS[("fwd", kind)])
+        cfg = dict(CONFIGS[("fwd_short" if m <= SHORT_PREFILL_M else "fwd", kind)])
         block_m = cfg["BLOCK_M"]
         pack = group if m * group <= block_m else 1
         grid = (triton.cdiv(m * pack, block_m), bsz * (hq // pack))

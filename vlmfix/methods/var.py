@@ -2,6 +2,8 @@
 
 Sinks are found by a forward pre-hook on each VAR layer (phi on the hidden state *entering* the layer, as the paper
 defines it), stored per layer for every position of the sequence, and turned into the SINK bit of the key classes.
+The prefill tests every prompt token with ``detect_sinks``; a decode step tests its new token with ``SinkBitWriter``,
+the same inequality in fewer ops, writing the bit in place (this runs in every VAR layer for every generated token).
 The row/head test and the redistribution itself are the kernel's ``var_p`` switch (see ``kernels/reference.py``).
 """
 
@@ -11,7 +13,7 @@ import warnings
 
 import torch
 
-from ..heads import detect_sinks, find_sink_dims, known_sink_dims
+from ..heads import SinkBitWriter, detect_sinks, find_sink_dims, known_sink_dims
 from ..kernels import SINK, VISUAL
 from .base import MethodRuntime
 
@@ -31,7 +33,9 @@ class VarRuntime(MethodRuntime):
         self._sink_len: dict[int, int] = {}
         self._warned = False
         self._var_p = None
-        self._dims_t = None  # sink dims as a device tensor: no host copy per layer and step
+        # the sink test with its device tensors (channels, bit values) per (device, width, dims): no host copy per
+        # call, also when the layers of a model sit on several devices
+        self._writers: dict[tuple, SinkBitWriter] = {}
 
     def install(self, session):
         handles = []
@@ -46,34 +50,35 @@ class VarRuntime(MethodRuntime):
             if session.is_suspended or seq is None or not seq.has_visual or not self.dims:
                 return None
             hidden = args[0] if args else kwargs["hidden_states"]
-            dims = self._dims_on(hidden.device)
+            writer = self._writer_for(hidden)
             if seq.new_sequence:
-                self._write(idx, detect_sinks(hidden, dims, self.cfg.tau, strict=self.cfg.compat), fresh=True)
+                sinks = detect_sinks(hidden, writer.dims, self.cfg.tau, strict=self.cfg.compat)
+                torch.where(sinks, writer.on, writer.off, out=self._columns(idx, hidden, fresh=True))
             elif idx in self._sink_bits:
+                columns = self._columns(idx, hidden)
                 if self.cfg.detect_on_decode and not self.cfg.compat:
-                    self._write(idx, detect_sinks(hidden, dims, self.cfg.tau, strict=self.cfg.compat))
-                else:
-                    self._write(idx, None, n_new=hidden.shape[1])
+                    writer(hidden, out=columns)
+                # else the new tokens are no sinks: their columns are still 0
             return None
 
         return pre_hook
 
-    def _write(self, idx, sinks, fresh=False, n_new=None):
-        """Append (or, for a new sequence, set) a layer's sink flags as SINK bits."""
+    def _columns(self, idx, hidden, fresh=False):
+        """The layer's SINK-bit columns for the tokens of ``hidden``, appended (or, for a new sequence, from 0).
+
+        Buffers are made with zeros and grown by doubling, and only the columns handed out here are ever written,
+        so every column past the filled length is 0.
+        """
+        n = hidden.shape[1]
         start = 0 if fresh else self._sink_len[idx]
-        n = sinks.shape[1] if sinks is not None else n_new
-        buf = self._sink_bits.get(idx)
-        if fresh or buf is None or start + n > buf.shape[1]:
-            grown = torch.zeros(sinks.shape[0] if sinks is not None else buf.shape[0], 2 * (start + n) + 16,
-                                dtype=torch.int32, device=(sinks if sinks is not None else buf).device)
-            if not fresh and buf is not None:
+        buf = None if fresh else self._sink_bits[idx]
+        if buf is None or start + n > buf.shape[1]:
+            grown = torch.zeros(hidden.shape[0], 2 * (start + n) + 16, dtype=torch.int32, device=hidden.device)
+            if buf is not None:
                 grown[:, :start] = buf[:, :start]
             buf = self._sink_bits[idx] = grown
-        if sinks is not None:
-            buf[:, start:start + n] = sinks.to(torch.int32) * SINK
-        else:
-            buf[:, start:start + n] = 0
         self._sink_len[idx] = start + n
+        return buf[:, start:start + n]
 
     def sink_mask(self, layer: int) -> torch.Tensor | None:
         """Bool (B, T): the sink tokens found at ``layer`` for every position of the current sequence."""
@@ -86,10 +91,15 @@ class VarRuntime(MethodRuntime):
         """Every VAR layer's sink mask (bool (B, T)) for the current sequence: a diagnostic view."""
         return {layer: self.sink_mask(layer) for layer in self._sink_bits}
 
-    def _dims_on(self, device):
-        if self._dims_t is None or self._dims_t.device != device or self._dims_t.numel() != len(self.dims):
-            self._dims_t = torch.tensor(self.dims, dtype=torch.long, device=device)
-        return self._dims_t
+    def _writer_for(self, hidden):
+        """The sink test for ``hidden``'s device and width and the current sink dims, made once for each."""
+        key = (hidden.device, hidden.shape[-1], self.dims)
+        writer = self._writers.get(key)
+        if writer is None:
+            dims = torch.tensor(self.dims, dtype=torch.long, device=hidden.device)
+            writer = self._writers[key] = SinkBitWriter(dims, self.cfg.tau, hidden.shape[-1], SINK,
+                                                        strict=self.cfg.compat)
+        return writer
 
     def start_sequence(self, session, kwargs):
         self._sink_bits, self._sink_len = {}, {}
