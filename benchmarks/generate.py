@@ -14,8 +14,9 @@ Models are built from their configs with random bf16 weights directly on the dev
 
 Prompt per row: BOS + 3 text tokens + the image tokens (+ vision start/end for Qwen2-VL) + text up to 64 text tokens in
 all; ``min_new_tokens = max_new_tokens = 128``, greedy. Every configuration is warmed up (a short generate that crosses
-a multiple of 16 keys, so every kernel specialisation is compiled), then timed ``--repeats`` times in rounds whose
-order alternates (forward, reversed, ...); medians are reported. Tokens/s = batch x new tokens / wall time of the whole
+a multiple of 16 keys, so every kernel specialisation is compiled), run once more at full length without being kept
+(``--discard-rounds``: on the H200 machine the first full-length round of every configuration ran up to 3x slow), then
+timed ``--repeats`` times in rounds whose order alternates (forward, reversed, ...); medians are reported. Tokens/s = batch x new tokens / wall time of the whole
 ``generate`` call (prefill included), GPU synchronised before and after. Peak memory = ``max_memory_allocated`` after
 ``reset_peak_memory_stats`` (weights included), median over the timed runs; every model stays resident for the
 whole run, so the bytes of the *other* models' weights are subtracted.
@@ -33,6 +34,10 @@ starts only if it is estimated to end inside the budget (``n_repeats`` says how 
 rewritten after every timed run, so
 an interrupted run leaves valid (partial) JSON and Markdown behind. On CUDA the warm-up generates run under the sync
 debug mode, and the host-device synchronisations are counted by calling line (``warmup_syncs``).
+
+``--profile METHOD`` replaces the timing by a torch-profiler capture of a 16-token generate of vanilla and of METHOD
+(the first of ``--backends``) for each model and batch: ``profile_<model>_b<batch>_<method>.txt`` lists the top ops by host and by
+device time, which is how a method's per-step cost is taken apart.
 """
 
 from __future__ import annotations
@@ -299,6 +304,7 @@ class Runner:
         self.device = device
         self.cuda = device.type == "cuda"
         self.times: dict = {}  # key -> list of seconds
+        self.discarded: dict = {}  # key -> seconds of the rounds run but not kept
         self.mems: dict = {}
         self.stats: dict = {}
         self.syncs: dict = {}
@@ -399,7 +405,8 @@ class Runner:
         if args.budget_s:
             each = [self.est(name, batch, c) for c in cfgs]
             if all(e is not None for e in each):
-                need = 1.4 * sum(each)  # warm-ups + one timed round; later rounds stop at the budget
+                # warm-ups + discarded rounds + one timed round; later rounds stop at the budget
+                need = (1.4 + args.discard_rounds) * sum(each)
                 left = args.budget_s - self.elapsed()
                 if need > left:
                     msg = f"skipped {name} b{batch} {label}: needs ~{need:.0f}s, {left:.0f}s left in the budget"
@@ -422,7 +429,7 @@ class Runner:
             log(f"warm {name} b{batch} {cfg[0]:<11} {cfg[1]:<6} {dt:6.2f}s {stats if stats else ''}"
                 + (f" syncs {syncs['total']} {syncs['sites']}" if syncs else ""))
         cfgs = ok
-        for r in range(args.repeats):
+        for r in range(-args.discard_rounds, args.repeats):
             order = cfgs if r % 2 == 0 else cfgs[::-1]
             for cfg in order:
                 e = self.est(name, batch, cfg)
@@ -437,6 +444,10 @@ class Runner:
                     self.fail(name, batch, cfg, exc)
                     continue
                 key = (name, batch, *cfg)
+                if r < 0:  # a full-length round that is run but not kept (first rounds run slow here)
+                    self.discarded.setdefault(key, []).append(dt)
+                    log(f"discarded {name} b{batch} {cfg[0]:<11} {cfg[1]:<6} {dt:6.2f}s")
+                    continue
                 self.times.setdefault(key, []).append(dt)
                 self.mems.setdefault(key, []).append(mem)
                 if stats:
@@ -446,6 +457,26 @@ class Runner:
                 log(f"run{r} {name} b{batch} {cfg[0]:<11} {cfg[1]:<6} {dt:6.2f}s "
                     f"{batch * args.new_tokens / dt:8.1f} tok/s  peak {mem:6.2f} GiB")
                 self.write()
+
+    def profile(self, bench, batch, cfg, new_tokens=16):
+        """Where the host and device time of a short generate goes (torch profiler), written as two tables."""
+        from torch.profiler import ProfilerActivity, profile
+
+        inputs = bench.make_inputs(batch)
+        self.generate(bench, inputs, cfg, new_tokens)  # warm
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
+        with profile(activities=acts) as prof:
+            dt, *_ = self.generate(bench, inputs, cfg, new_tokens)
+        avg = prof.key_averages()
+        stem = os.path.join(self.args.out, f"profile_{bench.name}_b{batch}_{cfg[0]}")
+        with open(stem + ".txt", "w") as fh:
+            fh.write(f"# {bench.name} batch {batch} {cfg[0]}/{cfg[1]}: {new_tokens}-token generate, {dt:.3f} s under "
+                     f"the profiler\n\n## by host time\n")
+            fh.write(avg.table(sort_by="self_cpu_time_total", row_limit=40))
+            if self.cuda:
+                fh.write("\n\n## by device time\n")
+                fh.write(avg.table(sort_by="self_device_time_total", row_limit=25))
+        log(f"profiled {bench.name} b{batch} {cfg[0]}: {dt:.2f}s -> {stem}.txt")
 
     def fail(self, name, batch, cfg, exc):
         import traceback
@@ -478,6 +509,7 @@ class Runner:
                    "vanilla_peak_mem_gb": None if v_mem is None else round(v_mem, 3),
                    "mem_ratio": round(mem / v_mem, 4) if mem is not None and v_mem else None,
                    "n_repeats": len(ts), "times_s": [round(t, 3) for t in ts],
+                   "discarded_s": [round(t, 3) for t in self.discarded.get(key, [])],
                    "prompt_tokens": bench.prompt_len, "image_tokens": bench.n_image_tokens,
                    "new_tokens": self.args.new_tokens}
             if backend == "triton" and rec["ratio"] is not None:
@@ -596,6 +628,11 @@ def main(argv=None):
     ap.add_argument("--merge", action="store_true",
                     help="keep the records of an existing output file that this run does not re-measure")
     ap.add_argument("--no-reference", action="store_true", help="skip the eager / torch-reference phase")
+    ap.add_argument("--discard-rounds", type=int, default=1,
+                    help="full-length rounds run after the warm-ups and not kept (default 1)")
+    ap.add_argument("--profile", default=None, metavar="METHOD",
+                    help="instead of timing: torch-profile a 16-token generate of vanilla and of METHOD (first of "
+                         "--backends) for each model and batch; writes the top host and device ops of each")
     args = ap.parse_args(argv)
     args.new_tokens = args.new_tokens or (16 if args.quick else 128)
     args.stem = args.stem or ("generate_quick" if args.quick else "generate_h200")
@@ -644,6 +681,13 @@ def main(argv=None):
                 cfgs += [(m, bk) for bk in slow for m in methods]
             if len(cfgs) > 1:
                 phases.append((name, b, cfgs, "eager + torch reference"))
+    if args.profile:
+        for b in batches:
+            for name in models:
+                for cfg in (("vanilla", "sdpa"), (args.profile, backends[0])):
+                    runner.profile(runner.benches[name], b, cfg)
+        log("done")
+        return
     for name, b, cfgs, label in phases:
         log(f"== {name} batch {b}: {label}")
         runner.phase(runner.benches[name], b, cfgs, label)

@@ -7,8 +7,8 @@ bf16, 32 query heads = 32 kv heads, head_dim 128, batch 1 prefill and batch 1 / 
 * ``none``      params=None: our kernel with no class effect.
 * ``var``       VAR on a realistic prompt layout (``prompt_layout``): a BOS sink, a short text prefix, an image over
                 most of the keys with six visual sink tokens, 64 trailing text tokens; var_p = 0.5 in every head.
-                Only query tiles holding text rows after the image (and the prefix) run the VAR pre-pass.
-* ``var_worst`` VAR with every query row eligible (no visual query tokens): every tile runs the pre-pass.
+                Only query tiles holding text rows after the image (and the prefix) take the VAR path.
+* ``var_worst`` VAR with every query row eligible (no visual query tokens): every tile takes the VAR path.
 * ``all``       log_bias + amp + VAR + head_scale together (realistic layout).
 
 Kernel times are medians of ``triton.testing.do_bench`` (prefill) or of CUDA-graph replays

@@ -1,10 +1,11 @@
 """Single-query kernels: split-K decode (+ combine) and the last-row probabilities used for statistics.
 
 At decode a batch-1 step has only ``B * Hkv`` (query-group) programs, far fewer than the GPU has multiprocessors, so
-the key range is split across programs (flash-decoding) and a tiny combine kernel merges the partial softmaxes.
+the key range is split across programs (flash-decoding); the last program of each group to finish merges the
+partial softmaxes (or, with ``FUSED_COMBINE`` off, a separate combine launch does).
 One program holds all query heads of a kv head, so K/V are read once per group.
 
-VAR cannot use the prefill kernel's pre-pass here (a split sees only part of the row, and a second pass would read
+VAR cannot use the prefill kernel's fix-up pass here (a split sees only part of the row, and a second pass would read
 the keys twice in a memory-bound kernel). Instead each head keeps three value accumulators (sink keys, visual
 non-sink keys, the rest) under one running max, plus their masses, and VAR is decided once the whole row is known
 (in the epilogue, or in the combine step after a split). The three accumulators are three rows of the tile.

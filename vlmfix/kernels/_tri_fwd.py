@@ -1,11 +1,12 @@
 """The fused forward kernel: one program owns a tile of query rows and streams the keys once (online softmax).
 
-VAR needs each row's final class masses before it can weight the values. Rather than paying for that on every tile,
-a tile first checks whether any of its rows can be affected (a non-visual query token in a head with ``var_p > 0``).
-Only such tiles run a mass pre-pass (scores and exponentials, no value product) and then the weighted main loop;
-every other tile runs the plain flash loop. In prompts only the text around the image qualifies, so a few tiles pay
-the extra pass and the rest nothing. ``VAR_PASS`` selects how tiles are split between launches (0: no VAR; 1 and 2:
-the plain and the VAR half of a two-launch pair; 3: both paths in one launch). ``docs/kernels.md`` has the accounting.
+VAR needs each row's final class masses before it can weight the values. A tile first checks whether any of its
+rows can be affected (a non-visual query token in a head with ``var_p > 0``); tiles without such rows (in a prompt,
+the whole image) run the plain flash loop. The others run the same loop unweighted while summing the masses VAR
+decides on, decide per row, rescale the accumulator by the visual weight and then correct only the key blocks that
+hold sinks or non-visual keys (``_var_tile``). ``VAR_PASS`` selects how tiles are split between launches (0: no
+VAR; 1 and 2: the plain and the VAR half of a two-launch pair; 3: both paths in one launch, the default).
+``docs/kernels.md`` has the accounting.
 """
 
 import triton

@@ -1,8 +1,8 @@
 """Triton backend of ``vlmfix.kernels.attention``: same signature, return convention and semantics as ``reference``.
 
-Queries of more than one row go to the fused forward kernel (``_tri_fwd``; with VAR, by default two launches of
-it: see ``VAR_LAUNCH``); a single query row (decode) goes to the split-K decode kernel, plus a combine launch when
-the keys are split (``_tri_decode``); ``last_row_probs`` adds one small launch. Three launches at most.
+Queries of more than one row go to the fused forward kernel (``_tri_fwd``, one launch, VAR included: see
+``VAR_LAUNCH``); a single query row (decode) goes to the split-K decode kernel, which also merges the splits
+(``_tri_decode``); ``last_row_probs`` adds one small launch.
 
 The wrapper is on the per-layer, per-token path of host-bound generation, so it does no host synchronisation and
 allocates nothing but the output (and statistics, when asked for): the split workspace is cached per device and
