@@ -176,21 +176,6 @@ def variants(quick: bool):
     return out
 
 
-def apply(overrides: dict) -> dict:
-    """Set module-level launch choices; returns what to restore."""
-    old = {}
-    for name, value in overrides.items():
-        cur = getattr(ta, name)
-        old[name] = dict(cur) if isinstance(cur, dict) else cur
-        if isinstance(cur, dict):
-            cur.clear()
-            cur.update(value)
-        else:
-            setattr(ta, name, value)
-    ta._split_cache.clear()
-    return old
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
@@ -214,9 +199,8 @@ def main():
         want = STATS if method in ("all", "var") else ("lse",)
         scale = d ** -0.5
         ta._workspace.clear()
-        restore = apply(overrides)
-        out, st = ta.attention(q, k, v, scale=scale, mask=mask, params=p, want=want)
-        apply(restore)
+        with ta.launch_choices(**overrides):
+            out, st = ta.attention(q, k, v, scale=scale, mask=mask, params=p, want=want)
         if dev == "cuda":
             torch.cuda.synchronize()
         ref, rst = reference_by_heads(q, k, v, scale, mask, p, want)

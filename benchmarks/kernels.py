@@ -179,31 +179,6 @@ def _tag(rec, config):
     return rec
 
 
-def _with(overrides: dict, fn):
-    """Run ``fn`` with module-level launch choices of triton_attention replaced, then restore them."""
-    old = {}
-    for name, value in overrides.items():
-        cur = getattr(ta, name)
-        old[name] = dict(cur) if isinstance(cur, dict) else cur
-        if isinstance(cur, dict):
-            cur.clear()
-            cur.update(value)
-        else:
-            setattr(ta, name, value)
-    ta._split_cache.clear()
-    try:
-        return fn()
-    finally:
-        for name, value in old.items():
-            cur = getattr(ta, name)
-            if isinstance(cur, dict):
-                cur.clear()
-                cur.update(value)
-            else:
-                setattr(ta, name, value)
-        ta._split_cache.clear()
-
-
 # The previous defaults and the alternatives each new default was chosen over (docs/kernels.md).
 SWEEP = [
     (dict(VAR_LAUNCH="pair"), "prefill", (640, 2900, 8192), (1,), ("var", "all")),
@@ -226,7 +201,8 @@ def sweep(records):
                         prefill(n, methods, rec)
                     else:
                         decode(n, b, methods, rec)
-        _with(overrides, run)
+        with ta.launch_choices(**overrides):
+            run()
         records.extend(_tag(rec, overrides))
 
 

@@ -399,3 +399,17 @@ def test_amp_start_emphasises_rows_from_a_position(m, n, start):
     changed = (out.double() - plain).abs().amax(dim=(0, 2, 3)) > 1e-6  # per query row
     rows = torch.arange(n - m, n) >= start
     assert torch.equal(changed, rows)
+
+
+def test_launch_choices_are_restored_and_checked():
+    """Sweeps and GPU checks change launch choices only inside the context, and only the ones that exist."""
+    before_launch, before_split = ta.VAR_LAUNCH, dict(ta.DECODE_SPLIT)
+    split = dict(before_split, min_keys=10 ** 9)
+    with ta.launch_choices(VAR_LAUNCH="pair", DECODE_SPLIT=split):
+        assert ta.VAR_LAUNCH == "pair" and ta.DECODE_SPLIT["min_keys"] == 10 ** 9
+        assert ta.decode_splits(70, 4, 16, torch.device("cpu"))[0] == 1
+    assert ta.VAR_LAUNCH == before_launch and ta.DECODE_SPLIT == before_split
+    assert ta.decode_splits(70, 4, 16, torch.device("cpu"))[0] > 1  # the plan cached inside was dropped
+    with pytest.raises(ValueError, match="unknown launch choices"):
+        with ta.launch_choices(BLOCK_SIZE=64):
+            pass

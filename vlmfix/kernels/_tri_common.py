@@ -93,3 +93,29 @@ def var_weights(l, S, Vs, Vns, eligible, p_var, var_rho, var_min_mass):
 def one_hot16(cls):
     """(BLOCK_N, 16) fp32 indicator of each key's class, so per-class masses are one small matrix product."""
     return (cls[:, None] == tl.arange(0, 16)[None, :]).to(tl.float32)
+
+
+@triton.jit
+def load_v(V_blk, svn, keys, n_kv, offs_d, d_ok, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+           CHECK_N: tl.constexpr):
+    """One (BLOCK_N, BLOCK_D) block of values; masks only where the block or the head dim needs them."""
+    v_ptrs = V_blk + keys[:, None] * svn + offs_d[None, :]
+    if CHECK_N:
+        if BLOCK_D == HEAD_DIM:
+            v = tl.load(v_ptrs, mask=(keys < n_kv)[:, None], other=0.0)
+        else:
+            v = tl.load(v_ptrs, mask=(keys < n_kv)[:, None] & d_ok[None, :], other=0.0)
+    else:
+        if BLOCK_D == HEAD_DIM:
+            v = tl.load(v_ptrs)
+        else:
+            v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+    return v
+
+
+@triton.jit
+def pv_product(p, v, acc, DOT_FP32: tl.constexpr):
+    """``acc + p @ v``: exact fp32 products for fp32 inputs, tensor-core half products (fp32 accumulate) otherwise."""
+    if DOT_FP32:
+        return tl.dot(p, v.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(p.to(v.dtype), v, acc)

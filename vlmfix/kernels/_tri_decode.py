@@ -14,31 +14,7 @@ non-sink keys, the rest) under one running max, plus their masses, and VAR is de
 import triton
 import triton.language as tl
 
-from ._tri_common import LOG2E, LN2, block_scores, one_hot16, var_weights
-
-
-@triton.jit
-def _load_v(V_blk, svn, keys, n_kv, offs_d, d_ok, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-            CHECK_N: tl.constexpr):
-    v_ptrs = V_blk + keys[:, None] * svn + offs_d[None, :]
-    if CHECK_N:
-        if BLOCK_D == HEAD_DIM:
-            v = tl.load(v_ptrs, mask=(keys < n_kv)[:, None], other=0.0)
-        else:
-            v = tl.load(v_ptrs, mask=(keys < n_kv)[:, None] & d_ok[None, :], other=0.0)
-    else:
-        if BLOCK_D == HEAD_DIM:
-            v = tl.load(v_ptrs)
-        else:
-            v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
-    return v
-
-
-@triton.jit
-def _pv(p, v, acc, DOT_FP32: tl.constexpr):
-    if DOT_FP32:
-        return tl.dot(p, v.to(tl.float32), acc, input_precision="ieee")
-    return tl.dot(p.to(v.dtype), v, acc)
+from ._tri_common import LOG2E, LN2, block_scores, load_v, one_hot16, pv_product, var_weights
 
 
 @triton.jit
@@ -67,7 +43,7 @@ def _split_loop(acc, l_i, m_i, P, Vs, ps, mass, q, part, lo, hi, K_blk, V_blk, s
         l_i = l_i * alpha + tl.sum(p, 1)
         if WANT_MASS:
             mass = mass * alpha[:, None] + tl.dot(p, one_hot16(cls), input_precision="ieee")
-        v = _load_v(V_blk, svn, start_n + offs_n, n_kv, offs_d, d_ok, HEAD_DIM, BLOCK_D, CHECK_N)
+        v = load_v(V_blk, svn, start_n + offs_n, n_kv, offs_d, d_ok, HEAD_DIM, BLOCK_D, CHECK_N)
         if PARTS == 3:
             sink = ((cls & 2) != 0)[None, :]
             vis = ((cls & 1) != 0)[None, :]
@@ -79,12 +55,12 @@ def _split_loop(acc, l_i, m_i, P, Vs, ps, mass, q, part, lo, hi, K_blk, V_blk, s
                 c16 = tl.arange(0, 16)[None, :]
                 vis_k = ((cls & 1) != 0)[:, None]
                 ind = tl.where(c16 == 0, 1.0, tl.where((c16 == 1) & vis_k, 1.0, 0.0))
-                ps = _pv(p, ind.to(v.dtype), ps * alpha[:, None], DOT_FP32)
+                ps = pv_product(p, ind.to(v.dtype), ps * alpha[:, None], DOT_FP32)
             else:
                 Vs = Vs * alpha + tl.sum(tl.where(sink & vis, p, 0.0), 1)
                 p = tl.where(take, p, 0.0)
                 P = P * alpha + tl.sum(p, 1)
-        acc = _pv(p, v, acc * alpha[:, None], DOT_FP32)
+        acc = pv_product(p, v, acc * alpha[:, None], DOT_FP32)
         m_i = m_new
     return acc, l_i, m_i, P, Vs, ps, mass
 

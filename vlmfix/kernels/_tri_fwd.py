@@ -12,7 +12,7 @@ VAR; 1 and 2: the plain and the VAR half of a two-launch pair; 3: both paths in 
 import triton
 import triton.language as tl
 
-from ._tri_common import LN2, block_scores, one_hot16, var_weights
+from ._tri_common import LN2, block_scores, load_v, one_hot16, pv_product, var_weights
 
 
 @triton.jit
@@ -43,22 +43,8 @@ def _attend(acc, l_i, m_i, mass, S, Vs, Vns, q, lo, hi, K_blk, V_blk, skn, svn, 
             S = S * alpha + tl.sum(tl.where(sink, p, 0.0), 1)
             Vs = Vs * alpha + tl.sum(tl.where(sink & vis, p, 0.0), 1)
             Vns = Vns * alpha + tl.sum(tl.where(vis & (~sink), p, 0.0), 1)
-        keys = start_n + offs_n
-        v_ptrs = V_blk + keys[:, None] * svn + offs_d[None, :]
-        if CHECK_N:
-            if BLOCK_D == HEAD_DIM:
-                v = tl.load(v_ptrs, mask=(keys < n_kv)[:, None], other=0.0)
-            else:
-                v = tl.load(v_ptrs, mask=(keys < n_kv)[:, None] & d_ok[None, :], other=0.0)
-        else:
-            if BLOCK_D == HEAD_DIM:
-                v = tl.load(v_ptrs)
-            else:
-                v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
-        if DOT_FP32:
-            acc = tl.dot(p, v.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(p.to(v.dtype), v, acc)
+        v = load_v(V_blk, svn, start_n + offs_n, n_kv, offs_d, d_ok, HEAD_DIM, BLOCK_D, CHECK_N)
+        acc = pv_product(p, v, acc, DOT_FP32)
         m_i = m_new
     return acc, l_i, m_i, mass, S, Vs, Vns
 
@@ -87,15 +73,8 @@ def _var_fixup(acc, m_use, c_sink, c_rest, q, lo, hi, K_blk, V_blk, skn, svn, n_
             vis = ((cls & 1) != 0)[None, :]
             coef = tl.where(sink, c_sink[:, None], tl.where(vis, 0.0, c_rest[:, None]))
             p = tl.exp2(s - m_use[:, None]) * coef
-            v_ptrs = V_blk + keys[:, None] * svn + offs_d[None, :]
-            if CHECK_N:
-                v = tl.load(v_ptrs, mask=(keys < n_kv)[:, None] & d_ok[None, :], other=0.0)
-            else:
-                v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
-            if DOT_FP32:
-                acc = tl.dot(p, v.to(tl.float32), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(p.to(v.dtype), v, acc)
+            v = load_v(V_blk, svn, keys, n_kv, offs_d, d_ok, HEAD_DIM, BLOCK_D, CHECK_N)
+            acc = pv_product(p, v, acc, DOT_FP32)
     return acc
 
 
@@ -198,21 +177,34 @@ def _plain_tile(q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpo
                 BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, LOAD_CLS: tl.constexpr,
                 HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr, GROUP: tl.constexpr, DOT_FP32: tl.constexpr,
                 HAS_HS: tl.constexpr, WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr):
-    """The flash loop: keys below ``mid`` unmasked, then the masked remainder up to ``hi``."""
+    """The flash loop over every key of the tile, then the epilogue."""
+    acc, l_i, m_i, mass, _s, _vs, _vns = _flash_loop(
+        q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row,
+        AMP_row, MASK_row, smn, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, CAUSAL, HAS_MASK, LOAD_CLS, HAS_BIAS,
+        HAS_AMP, GROUP, DOT_FP32, False, WANT_MASS)
+    _epilogue(acc, l_i, m_i, mass, O, HS, LSE, MASS, b, h_row, i_row, rows_ok, offs_d, d_ok, sob, som, soh,
+              shs_b, shs_h, M, H, HAS_HS, WANT_LSE, WANT_MASS)
+
+
+@triton.jit
+def _flash_loop(q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn,
+                LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+                LOAD_CLS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr, GROUP: tl.constexpr,
+                DOT_FP32: tl.constexpr, VAR_MASS: tl.constexpr, WANT_MASS: tl.constexpr):
+    """Keys below ``mid`` unmasked, then the masked remainder up to ``hi``, from fresh accumulators."""
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     zero = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     mass = tl.zeros([BLOCK_M, 16], dtype=tl.float32)
-    acc, l_i, m_i, mass, _s, _vs, _vns = _attend(
+    acc, l_i, m_i, mass, S, Vs, Vns = _attend(
         acc, zero, m_i, mass, zero, zero, zero, q, 0, mid, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos,
         is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, False,
-        False, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, False, WANT_MASS)
-    acc, l_i, m_i, mass, _s, _vs, _vns = _attend(
-        acc, l_i, m_i, mass, zero, zero, zero, q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos,
+        False, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, VAR_MASS, WANT_MASS)
+    return _attend(
+        acc, l_i, m_i, mass, S, Vs, Vns, q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos,
         is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, True,
-        CAUSAL, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, False, WANT_MASS)
-    _epilogue(acc, l_i, m_i, mass, O, HS, LSE, MASS, b, h_row, i_row, rows_ok, offs_d, d_ok, sob, som, soh,
-              shs_b, shs_h, M, H, HAS_HS, WANT_LSE, WANT_MASS)
+        CAUSAL, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, VAR_MASS, WANT_MASS)
 
 
 @triton.jit
@@ -230,18 +222,10 @@ def _var_tile(q, eligible, p_var, var_rho, var_min_mass, mid, hi, K_blk, V_blk, 
     image, the few visual sinks); blocks inside the image cost one class load. Tiles where no row is selected skip
     the fix-up altogether.
     """
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    zero = tl.zeros([BLOCK_M], dtype=tl.float32)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    mass = tl.zeros([BLOCK_M, 16], dtype=tl.float32)
-    acc, l_i, m_i, mass, S, Vs, Vns = _attend(
-        acc, zero, m_i, mass, zero, zero, zero, q, 0, mid, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos,
-        is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, False,
-        False, HAS_MASK, True, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, True, WANT_MASS)
-    acc, l_i, m_i, mass, S, Vs, Vns = _attend(
-        acc, l_i, m_i, mass, S, Vs, Vns, q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos,
-        is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, True,
-        CAUSAL, HAS_MASK, True, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, True, WANT_MASS)
+    acc, l_i, m_i, mass, S, Vs, Vns = _flash_loop(
+        q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row,
+        AMP_row, MASK_row, smn, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, CAUSAL, HAS_MASK, True, HAS_BIAS,
+        HAS_AMP, GROUP, DOT_FP32, True, WANT_MASS)
     w_sink, w_vis = var_weights(l_i, S, Vs, Vns, eligible, p_var, var_rho, var_min_mass)
     if tl.sum((w_vis != 1.0).to(tl.int32) + (w_sink != 1.0).to(tl.int32), 0) > 0:
         m_use = tl.where(m_i == float("-inf"), 0.0, m_i)

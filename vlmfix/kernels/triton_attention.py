@@ -14,7 +14,9 @@ Set ``TRITON_INTERPRET=1`` before importing this module to run the kernels on th
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from typing import Iterable
 
 import torch
@@ -74,6 +76,42 @@ _counters: dict = {}
 FUSED_COMBINE = True
 # VAR decode: part masses through a small tensor-core product rather than two cross-warp row sums per key block.
 DECODE_SUMS_BY_DOT = False
+
+
+_LAUNCH_CHOICES = ("CONFIGS", "DECODE_SPLIT", "VAR_LAUNCH", "SHORT_PREFILL_M", "FUSED_COMBINE", "DECODE_SUMS_BY_DOT")
+
+
+@contextlib.contextmanager
+def launch_choices(**overrides):
+    """Temporarily replace module-level launch choices (benchmark sweeps, GPU checks); restored on exit.
+
+    Dict-valued choices are updated in place, so code holding a reference to them sees the change too.
+    """
+    unknown = set(overrides) - set(_LAUNCH_CHOICES)
+    if unknown:
+        raise ValueError(f"unknown launch choices {sorted(unknown)}; supported: {list(_LAUNCH_CHOICES)}")
+    module = sys.modules[__name__]
+    saved = {}
+    for name, value in overrides.items():
+        cur = getattr(module, name)
+        saved[name] = dict(cur) if isinstance(cur, dict) else cur
+        _set_choice(module, name, value)
+    _split_cache.clear()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            _set_choice(module, name, value)
+        _split_cache.clear()
+
+
+def _set_choice(module, name, value):
+    cur = getattr(module, name)
+    if isinstance(cur, dict):
+        cur.clear()
+        cur.update(value)
+    else:
+        setattr(module, name, value)
 
 
 def _num_sms(device: torch.device) -> int:
