@@ -160,12 +160,10 @@ def variants(quick: bool):
     """Launch choices other than the defaults, each over the cases it changes (the 9th field: module overrides)."""
     bf = torch.bfloat16
     out = []
-    for launch in ("pair", "one"):
-        for short in (0, 1024):
-            for method in ("var", "all"):
-                out.append((1, 32, 8, 1000, 1000, 128, bf, method, False, dict(VAR_LAUNCH=launch,
-                                                                                 SHORT_PREFILL_M=short)))
-            out.append((3, 32, 8, 1000, 1000, 128, bf, "all", True, dict(VAR_LAUNCH=launch, SHORT_PREFILL_M=short)))
+    for launch in ("pair", "redo"):
+        for method in ("var", "all"):
+            out.append((1, 32, 8, 1000, 1000, 128, bf, method, False, dict(VAR_LAUNCH=launch)))
+        out.append((3, 32, 8, 1000, 1000, 128, bf, "all", True, dict(VAR_LAUNCH=launch)))
     for fused in (True, False):
         split = dict(min_keys=128, keys_per_split=64, waves=4, busy_keys_per_split=256, busy_waves=4)
         for n in (640, 2900):

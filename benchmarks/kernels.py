@@ -219,7 +219,7 @@ def main():
                 torch=torch.__version__, triton=triton.__version__, gpu=torch.cuda.get_device_name(),
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), configs={str(k): v for k, v in
                                                                                  ta.CONFIGS.items()},
-                decode_split=dict(ta.DECODE_SPLIT), var_launch=ta.VAR_LAUNCH, short_prefill_m=ta.SHORT_PREFILL_M,
+                decode_split=dict(ta.DECODE_SPLIT), var_launch=ta.VAR_LAUNCH,
                 fused_combine=ta.FUSED_COMBINE)
     print(json.dumps(meta), flush=True)
     if args.sweep_only:

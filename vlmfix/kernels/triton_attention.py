@@ -33,14 +33,11 @@ _NO_STATS = frozenset()
 
 # Launch configurations. The interpreter gets small blocks so that small test shapes still cover several tiles,
 # several key blocks and split decoding; on the GPU they are the ones measured on an H200 (docs/kernels.md).
-# Keys: (kernel, "half" | "fp32"); "fwd_short" serves prompts of at most SHORT_PREFILL_M query rows, where smaller
-# tiles give more programs (a 640-token prompt is 5 tiles of 128 per head).
+# Keys: (kernel, "half" | "fp32").
 if INTERPRET:
     CONFIGS = {
         ("fwd", "half"): dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1),
         ("fwd", "fp32"): dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1),
-        ("fwd_short", "half"): dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1),
-        ("fwd_short", "fp32"): dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1),
         ("decode", "half"): dict(BLOCK_N=16, num_warps=4, num_stages=1),
         ("decode", "fp32"): dict(BLOCK_N=16, num_warps=4, num_stages=1),
     }
@@ -49,8 +46,6 @@ else:
     CONFIGS = {
         ("fwd", "half"): dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
         ("fwd", "fp32"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
-        ("fwd_short", "half"): dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=3),
-        ("fwd_short", "fp32"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
         ("decode", "half"): dict(BLOCK_N=64, num_warps=4, num_stages=3),
         ("decode", "fp32"): dict(BLOCK_N=32, num_warps=4, num_stages=2),
     }
@@ -69,7 +64,6 @@ _split_cache: dict = {}  # cleared by whoever edits DECODE_SPLIT
 # "pair": plain launch skipping VAR tiles + VAR launch over them (fewer registers per variant, one more launch);
 # "redo": plain launch computing every tile + VAR launch overwriting VAR tiles (VAR tiles paid twice).
 VAR_LAUNCH = "one"
-SHORT_PREFILL_M = 0
 _workspace: dict = {}
 _counters: dict = {}
 # Split decode merges its partial results in the last program to finish (one launch) instead of a combine launch.
@@ -78,7 +72,7 @@ FUSED_COMBINE = True
 DECODE_SUMS_BY_DOT = False
 
 
-_LAUNCH_CHOICES = ("CONFIGS", "DECODE_SPLIT", "VAR_LAUNCH", "SHORT_PREFILL_M", "FUSED_COMBINE", "DECODE_SUMS_BY_DOT")
+_LAUNCH_CHOICES = ("CONFIGS", "DECODE_SPLIT", "VAR_LAUNCH", "FUSED_COMBINE", "DECODE_SUMS_BY_DOT")
 
 
 @contextlib.contextmanager
@@ -305,7 +299,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
                 BLOCK_S=block_s, PARTS=parts, HAS_HS=hs is not None,
                 WANT_LSE=want_lse, WANT_MASS=want_mass, num_warps=4)
     else:
-        cfg = dict(CONFIGS[("fwd_short" if m <= SHORT_PREFILL_M else "fwd", kind)])
+        cfg = dict(CONFIGS[("fwd", kind)])
         block_m = cfg["BLOCK_M"]
         pack = group if m * group <= block_m else 1
         grid = (triton.cdiv(m * pack, block_m), bsz * (hq // pack))
