@@ -131,43 +131,28 @@ def fwd_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS,
         mid = (N // BLOCK_N) * BLOCK_N
 
     if VAR_PASS == 0:
-        _plain_tile(q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn,
-                    LB_row, AMP_row, MASK_row, smn, qk_scale, O, HS, LSE, MASS, b, h_row, i_row, sob, som, soh,
-                    shs_b, shs_h, M, H, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, CAUSAL, HAS_MASK, LOAD_CLS, HAS_BIAS,
-                    HAS_AMP, GROUP, DOT_FP32, HAS_HS, WANT_LSE, WANT_MASS)
+        # No VAR: n_eligible is a compile-time 0, so only the plain branch below is built.
+        eligible = rows_ok
+        p_var = tl.zeros([BLOCK_M], dtype=tl.float32)
+        n_eligible = 0
     else:
         q_cls = tl.load(CLS_b + qpos * scn).to(tl.int32)
         p_var = tl.load(VARP + b * svp_b + h_row * svp_h)
         eligible = rows_ok & ((q_cls & 1) == 0) & (p_var > 0)
         n_eligible = tl.sum(eligible.to(tl.int32), 0)
-        if VAR_PASS == 1:
-            # First of two launches: tiles holding eligible rows are left to the second.
-            if n_eligible == 0:
-                _plain_tile(q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos, is_last, rows_ok,
-                            CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, O, HS, LSE, MASS, b, h_row, i_row,
-                            sob, som, soh, shs_b, shs_h, M, H, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, CAUSAL,
-                            HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, HAS_HS, WANT_LSE, WANT_MASS)
-        elif VAR_PASS == 2:
-            # Second launch: only tiles holding eligible rows.
-            if n_eligible > 0:
-                _var_tile(q, eligible, p_var, var_rho, var_min_mass, mid, hi, K_blk, V_blk, skn, svn, N, offs_n,
-                          offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn,
-                          qk_scale, O, HS, LSE, MASS, b, h_row, i_row, sob, som, soh, shs_b, shs_h, M, H, HEAD_DIM,
-                          BLOCK_D, BLOCK_M, BLOCK_N, CAUSAL, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, HAS_HS,
-                          WANT_LSE, WANT_MASS)
-        else:
-            # One launch: each tile takes its own path.
-            if n_eligible > 0:
-                _var_tile(q, eligible, p_var, var_rho, var_min_mass, mid, hi, K_blk, V_blk, skn, svn, N, offs_n,
-                          offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn,
-                          qk_scale, O, HS, LSE, MASS, b, h_row, i_row, sob, som, soh, shs_b, shs_h, M, H, HEAD_DIM,
-                          BLOCK_D, BLOCK_M, BLOCK_N, CAUSAL, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, HAS_HS,
-                          WANT_LSE, WANT_MASS)
-            else:
-                _plain_tile(q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos, is_last, rows_ok,
-                            CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, O, HS, LSE, MASS, b, h_row, i_row,
-                            sob, som, soh, shs_b, shs_h, M, H, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, CAUSAL,
-                            HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, HAS_HS, WANT_LSE, WANT_MASS)
+    # Pass 1 of a pair leaves tiles with eligible rows to pass 2, which computes only those; 0 and 3 do each tile.
+    if n_eligible > 0:
+        if VAR_PASS != 1:
+            _var_tile(q, eligible, p_var, var_rho, var_min_mass, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d,
+                      d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, O, HS, LSE,
+                      MASS, b, h_row, i_row, sob, som, soh, shs_b, shs_h, M, H, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+                      CAUSAL, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, HAS_HS, WANT_LSE, WANT_MASS)
+    else:
+        if VAR_PASS != 2:
+            _plain_tile(q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos, is_last, rows_ok, CLS_b,
+                        scn, LB_row, AMP_row, MASK_row, smn, qk_scale, O, HS, LSE, MASS, b, h_row, i_row, sob, som,
+                        soh, shs_b, shs_h, M, H, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, CAUSAL, HAS_MASK, LOAD_CLS,
+                        HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, HAS_HS, WANT_LSE, WANT_MASS)
 
 
 @triton.jit
