@@ -103,10 +103,15 @@ def kernel_stub():
 # ----------------------------------------------------------------------------------------------------------------------
 def methods_for(name, sink_dims, tau):
     var = vlmfix.VAR(sink_dims=sink_dims, tau=tau)
-    return {"patched": [], "var": [var], "vhr_fused": [vlmfix.VHR(mode="fused")],
+    return {"patched": [], "var": [var], "var_nodetect": [vlmfix.VAR(sink_dims=sink_dims, tau=tau,
+                                                                     detect_on_decode=False)],
+            "vhr_fused": [vlmfix.VHR(mode="fused")],
             "vhr_exact": [vlmfix.VHR(mode="exact")], "dual_stream": [vlmfix.DualStream()],
             "all": [var, vlmfix.VHR(mode="fused"), vlmfix.DualStream()],
             "all_exact": [var, vlmfix.VHR(mode="exact"), vlmfix.DualStream()]}[name]
+
+
+BACKEND = "torch"  # set from --backend
 
 
 @contextlib.contextmanager
@@ -117,7 +122,7 @@ def configured(model, cfg, sink_dims, tau):
         if "stub" in mods:
             ctx.enter_context(kernel_stub())
         if base != "vanilla":
-            vlmfix.patch(model, *methods_for(base, sink_dims, tau), backend="torch")
+            vlmfix.patch(model, *methods_for(base, sink_dims, tau), backend=BACKEND)
         try:
             yield
         finally:
@@ -126,12 +131,15 @@ def configured(model, cfg, sink_dims, tau):
 
 
 CLOCK = time.thread_time  # CPU time of this thread (torch runs single-threaded here): robust to other load
+SYNC = lambda: None  # noqa: E731  (CUDA: wall clock, synchronised before and after)
 
 
 @torch.no_grad()
 def gen(model, inputs, n):
+    SYNC()
     t = CLOCK()
     out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    SYNC()
     return CLOCK() - t, out
 
 
@@ -268,6 +276,79 @@ def micro(hidden_size=4096, kv_len=704, n=3000):
     return out
 
 
+def micro_gpu(device, hidden_size=4096, heads=32, kv_len=704, batch=1, n=2000):
+    """Per-call host cost (us, wall clock over n calls, GPU synchronised at the ends; min of 5) of one decode layer's
+    attention pieces on a GPU, where each call's GPU work is a few us and the host sets the pace; plus a cProfile of
+    the Triton wrapper's VAR call, split by function."""
+    from vlmfix.heads import SinkBitWriter
+    from vlmfix.kernels import VISUAL, triton_attention
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    g = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(batch, heads, 1, 128, device=device, dtype=torch.bfloat16, generator=g)
+    k = torch.randn(batch, heads, kv_len, 128, device=device, dtype=torch.bfloat16, generator=g)
+    v = torch.randn_like(k)
+    h = torch.randn(batch, 1, hidden_size, device=device, dtype=torch.bfloat16, generator=g)
+    classes = torch.zeros(batch, kv_len, dtype=torch.int32, device=device)
+    classes[:, 4:580] = VISUAL
+    buf = torch.zeros(batch, 2 * kv_len, dtype=torch.int32, device=device)
+    buf[:, 10:14] = SINK
+    writer = SinkBitWriter(torch.tensor((1415, 2533), device=device), 20.0, hidden_size, SINK)
+    var_p = torch.full((batch, heads), 0.6, device=device)
+    module = torch.nn.Module()
+    module.is_causal, module.training = True, False
+    cls_var = classes | buf[:, :kv_len]
+    params_var = reference.ReweightParams(key_class=cls_var, var_p=var_p, var_rho=0.5, var_min_mass=0.2)
+    scale = 128 ** -0.5
+
+    pieces = {
+        "sdpa_attention_forward": lambda: sdpa_attention_forward(module, q, k, v, None, scaling=scale),
+        "triton_no_params": lambda: triton_attention.attention(q, k, v, scale=scale),
+        "triton_var": lambda: triton_attention.attention(q, k, v, scale=scale, params=params_var),
+        "sink_test_write": lambda: writer(h, out=buf[:, kv_len - 1:kv_len]),
+        "classes_or_bits": lambda: classes | buf[:, :kv_len],
+    }
+    out = {}
+    for name, fn in pieces.items():
+        fn()
+        best = float("inf")
+        for _ in range(5):
+            torch.cuda.synchronize(device)
+            t = time.perf_counter()
+            for _ in range(n):
+                fn()
+            torch.cuda.synchronize(device)
+            best = min(best, (time.perf_counter() - t) / n)
+        out[name] = round(best * 1e6, 2)
+    print(f"\nper-call host cost on {torch.cuda.get_device_name(device)}, batch {batch}, {kv_len} keys (us): "
+          + ", ".join(f"{k} {v}" for k, v in out.items()))
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n):
+        pieces["triton_var"]()
+    prof.disable()
+    torch.cuda.synchronize(device)
+    st = pstats.Stats(prof)
+    rows = sorted(((tt, ct, nc, f"{os.path.basename(path)}:{line}({fn})")
+                   for (path, line, fn), (cc, nc, tt, ct, _c) in st.stats.items()), reverse=True)[:14]
+    print("cProfile of the Triton VAR decode call (own / cumulative us per call, profiler-inflated):")
+    for tt, ct, nc, name in rows:
+        print(f"{tt / n * 1e6:10.2f} {ct / n * 1e6:10.2f} {nc / n:6.2f}  {name}")
+    out["profile_triton_var"] = [{"function": name, "own_us": round(tt / n * 1e6, 2), "cum_us": round(ct / n * 1e6, 2)}
+                                 for tt, ct, nc, name in rows]
+    return out
+
+
+def build_7b(device, batch):
+    """The 7B LLaVA of ``generate.py`` (random bf16 weights on the device) with its calibrated VAR tau."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    import generate
+
+    bench = generate.build_llava(device, torch.bfloat16, False, 64)
+    tau = generate.calibrate_tau(bench, 8.0)
+    return bench.model, bench.make_inputs(batch), bench.sink_dims, tau
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--layers", type=int, default=32)
@@ -278,17 +359,36 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--configs", default="vanilla,patched,var,vhr_fused,dual_stream,all,"
                                          "var+stub,vhr_fused+stub,dual_stream+stub,all+stub")
-    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--profile", default=None, nargs="?", const="all+stub", metavar="CONFIG",
+                    help="cProfile the decode loop of CONFIG (default all+stub)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--model", default="tiny", choices=("tiny", "llava7b"),
+                    help="llava7b: generate.py's LLaVA-1.5-7B shape with random bf16 weights (needs a GPU)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backend", default="torch", choices=("torch", "triton"))
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--no-ops", dest="ops", action="store_false", help="skip the dispatcher op counts")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    model, inputs = build(args.layers, args.hidden, args.heads)
-    dims = (7, 41)
-    tau = calibrate_tau(model, inputs, dims)
+    global BACKEND, CLOCK, SYNC
+    BACKEND = args.backend
+    device = torch.device(args.device)
+    if device.type == "cuda":  # wall clock around synchronised generates: the host's time is what is measured
+        CLOCK = time.perf_counter
+        SYNC = lambda: torch.cuda.synchronize(device)  # noqa: E731
+    else:
+        torch.set_num_threads(args.threads)
+    if args.model == "llava7b":
+        model, inputs, dims, tau = build_7b(device, args.batch)
+        n, width = model.config.text_config.num_hidden_layers, model.config.text_config.hidden_size
+    else:
+        model, inputs = build(args.layers, args.hidden, args.heads)
+        dims = (7, 41)
+        tau = calibrate_tau(model, inputs, dims)
+        n, width = args.layers, args.hidden
     cfgs = args.configs.split(",")
-    n = args.layers
-    print(f"model: LLaVA, Llama {n} x {args.hidden} ({args.heads} heads), prompt {inputs['input_ids'].shape[1]} "
-          f"tokens; VAR dims {dims} tau {tau:.3f}; torch {torch.__version__}, {args.threads} thread(s)")
+    print(f"model: LLaVA ({args.model}), Llama {n} x {width}, batch {inputs['input_ids'].shape[0]}, prompt "
+          f"{inputs['input_ids'].shape[1]} tokens; VAR dims {dims} tau {tau:.3f}; backend {BACKEND}, device {device}; "
+          f"torch {torch.__version__}")
 
     for cfg in cfgs:  # warm-up
         step_time(model, inputs, cfg, 4, dims, tau)
@@ -313,9 +413,9 @@ def main(argv=None):
     # dispatcher ops per decode step: a load-independent count; on a GPU every non-view op is a kernel launch
     # (~5-10 us of host time each through PyTorch's eager path)
     print(f"\n{'config':<18} {'ops/step':>9} {'+ops/layer':>11} {'+launch ops/layer':>18}   top extra ops per layer")
-    van_ops = count_ops(model, inputs, "vanilla", 9, dims, tau)
+    van_ops = count_ops(model, inputs, "vanilla", 9, dims, tau) if args.ops else {}
     op_rows = {}
-    for cfg in cfgs:
+    for cfg in (cfgs if args.ops else ()):
         ops = count_ops(model, inputs, cfg, 9, dims, tau)
         extra = {k: (ops.get(k, 0) - van_ops.get(k, 0)) / n for k in set(ops) | set(van_ops)}
         total = sum(extra.values())
@@ -328,11 +428,12 @@ def main(argv=None):
               + ", ".join(f"{k} {v:.2f}" for v, k in top))
     for row in rows:
         row.update(op_rows.get(row["config"], {}))
-    micro_us = micro()
-    result = {"layers": n, "hidden": args.hidden, "steps": args.steps, "repeats": args.repeats, "tau": tau,
+    micro_us = micro_gpu(device, batch=args.batch) if device.type == "cuda" else micro()
+    result = {"model": args.model, "layers": n, "hidden": width, "batch": inputs["input_ids"].shape[0],
+              "backend": BACKEND, "device": str(device), "steps": args.steps, "repeats": args.repeats, "tau": tau,
               "torch": torch.__version__, "rows": rows, "micro_us": micro_us}
     if args.profile:
-        result["profile_all_stub"] = profile_loop(model, inputs, "all+stub", args.steps, dims, tau)
+        result[f"profile_{args.profile}"] = profile_loop(model, inputs, args.profile, args.steps, dims, tau)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -413,3 +413,94 @@ def test_launch_choices_are_restored_and_checked():
     with pytest.raises(ValueError, match="unknown launch choices"):
         with ta.launch_choices(BLOCK_SIZE=64):
             pass
+
+
+def _sink_bits_case(gen, b, hq, hkv, m, n, dtype, first, hidden_size=48, channels=(3, 17), tau=6.0):
+    """Inputs whose SINK bits live in a separate buffer (from column ``first``), plus one hidden row per batch row
+    of which row 0 is a sink under (channels, tau) and row 1 is not, both far from the threshold."""
+    q, k, v, cls = inputs(b, hq, hkv, m, n, 64, dtype, gen)
+    bits = torch.zeros(b, first + n + 5, dtype=torch.int32)
+    bits[:, first:first + n] = (cls & SINK).to(torch.int32)
+    bits[:, first + n - 1] = SINK if m > 1 else 0  # decode: the kernel must decide this column itself
+    plain = cls & ~SINK
+    hidden = (torch.randn(b, hidden_size, generator=gen) * 0.1).to(dtype)
+    hidden[0, channels[1]] = 3.0  # phi ~ 3 / sqrt(9 / 48) ~ 6.9 >= tau
+    hidden[1, channels[0]] = -1.0
+    hidden[1, 5] = 3.0  # a larger non-sink channel: phi ~ 1 / sqrt(10 / 48) ~ 2.2 < tau
+    eps = 1e-6
+    sb = reference.SinkBits(bits, first, hidden, torch.tensor(channels), hidden_size ** 0.5 / tau,
+                            (hidden_size * eps) ** 0.5)
+    x = hidden.double()
+    phi = x[:, list(channels)].abs().amax(-1) / (x.pow(2).mean(-1) + eps).sqrt()
+    assert phi[0] > tau * 1.05 and phi[1] < tau * 0.95, phi
+    return q, k, v, plain, sb, phi >= tau
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("splits", ["one", "many"])
+@pytest.mark.parametrize("first,strict", [(0, False), (3, True)])
+def test_decode_tests_the_new_key_and_records_its_sink_bit(monkeypatch, dtype, splits, first, strict):
+    """A decode step with ``SinkBits.hidden``: the kernel decides the new key's SINK bit from the hidden state (the
+    paper's phi >= tau), uses it, and writes it into the layer's buffer; everything else equals the reference run
+    with the same bits OR-ed into the classes by hand."""
+    if splits == "one":
+        monkeypatch.setitem(ta.DECODE_SPLIT, "min_keys", 10 ** 9)
+    gen = torch.Generator().manual_seed(21 + first)
+    n = 70
+    q, k, v, plain, sb, expect = _sink_bits_case(gen, 2, 4, 2, 1, n, dtype, first)
+    sb.strict = strict
+    k[:, :, n - 1] = (k[:, :, n - 1].float() * 3).to(dtype)  # the new key draws mass: its class matters
+    params = ReweightParams(key_class=plain, var_p=torch.full((2, 4), 0.6), var_rho=0.3, var_min_mass=0.05,
+                            sink_bits=sb)
+    before = sb.bits.clone()
+    out, _ = ta.attention(q, k, v, scale=0.125, params=params)
+    col = first + n - 1
+    assert torch.equal(sb.bits[:, col] == SINK, expect)
+    assert torch.equal(torch.cat([sb.bits[:, :col], sb.bits[:, col + 1:]], 1),
+                       torch.cat([before[:, :col], before[:, col + 1:]], 1))  # no other column touched
+    full = plain | sb.bits[:, first:first + n]
+    ref, _ = reference.attention(q.double(), k.double(), v.double(), scale=0.125,
+                                 params=ReweightParams(key_class=full, var_p=params.var_p, var_rho=0.3,
+                                                       var_min_mass=0.05))
+    assert rel(out, ref) <= TOL[dtype]
+    # the bit matters: with the new key's bit flipped the result differs
+    flipped = full.clone()
+    flipped[:, -1] ^= SINK
+    other, _ = reference.attention(q.double(), k.double(), v.double(), scale=0.125,
+                                   params=ReweightParams(key_class=flipped, var_p=params.var_p, var_rho=0.3,
+                                                         var_min_mass=0.05))
+    assert rel(other, ref) > 10 * TOL[dtype]
+    # the reference backend does the same test and write
+    bits2 = before.clone()
+    ref2, _ = reference.attention(q.double(), k.double(), v.double(), scale=0.125,
+                                  params=ReweightParams(key_class=plain, var_p=params.var_p, var_rho=0.3,
+                                                        var_min_mass=0.05,
+                                                        sink_bits=reference.SinkBits(bits2, first, sb.hidden,
+                                                                                     sb.channels, sb.threshold,
+                                                                                     sb.eps_norm, strict)))
+    assert torch.equal(bits2, sb.bits)
+    assert rel(ref2, ref) <= 1e-12
+
+
+@pytest.mark.parametrize("m,n", SHAPES)
+def test_sink_bits_without_test_equal_classes_ored_by_hand(m, n):
+    """Bits alone (prefill, chunked prefill, decode; with statistics): the same as OR-ing them into the classes."""
+    gen = torch.Generator().manual_seed(23)
+    q, k, v, plain, sb, _ = _sink_bits_case(gen, 2, 4, 2, m, n, torch.float32, 2)
+    sb.hidden = None
+    before = sb.bits.clone()
+    full = plain | sb.bits[:, 2:2 + n]
+    lb = torch.randn(2, 4, 16, generator=gen) * 0.3
+    kw = dict(log_bias=lb, var_p=torch.full((2, 4), 0.5), var_rho=0.3, var_min_mass=0.05)
+    out, st = ta.attention(q, k, v, scale=0.125, params=ReweightParams(key_class=plain, sink_bits=sb, **kw),
+                           want=("class_mass",) if m == 1 else ())
+    ref, rst = reference.attention(q.double(), k.double(), v.double(), scale=0.125,
+                                   params=ReweightParams(key_class=full, **kw), want=("class_mass",))
+    assert rel(out, ref) <= 1e-5
+    if m == 1:
+        assert rel(st["class_mass"], rst["class_mass"]) <= 1e-5
+    assert torch.equal(sb.bits, before)
+    if m > 1:  # the new-key test exists for decode steps only
+        sb.hidden = torch.ones(2, 48)
+        with pytest.raises(ValueError, match="one query row"):
+            ta.attention(q, k, v, scale=0.125, params=ReweightParams(key_class=plain, sink_bits=sb, **kw))

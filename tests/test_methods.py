@@ -4,6 +4,7 @@ dual-stream's local/summary tokens from CLS attention of an eager vision tower."
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import vlmfix
@@ -33,35 +34,45 @@ def test_var_sinks_are_phi_of_each_layer_input():
         assert got.any()  # the test is only meaningful when sinks exist
 
 
-def test_var_decode_sink_bits_are_phi_of_each_generated_token(monkeypatch):
-    """The SINK bits the kernel gets in a cached generate, prompt and generated tokens alike, equal phi >= tau."""
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_var_decode_sink_bits_are_phi_of_each_generated_token(monkeypatch, backend):
+    """The SINK bits VAR's attention uses in a cached generate, prompt and generated tokens alike, equal phi >= tau.
+
+    A one-token decode step leaves its token's test to the kernel (``SinkBits.hidden``), which writes the bit into
+    the layer's buffer; so the classes checked are the ones each call passes plus the buffer after the generate."""
     t = BUILDERS["llava"]()
     inputs = t.inputs(((3, 4), (1, 2)))
     cfg = vlmfix.VAR(sink_dims=(0, 1, 2), tau=1.5, rho=0.2, min_visual_mass=0.05)
-    key_class = {}
-    with vlmfix.patched(t.model, cfg):
+    key_class, kernel_tested = {}, {}
+    with vlmfix.patched(t.model, cfg, backend=backend):
         runtime = _runtime(t.model, "VarRuntime")
         contribute = runtime.contribute
 
         def recording(call):
             contribute(call)
             key_class[call.layer] = call.params.key_class.clone()  # the last step's covers every position
+            sb = call.params.sink_bits
+            if sb.hidden is not None:
+                kernel_tested[call.layer] = kernel_tested.get(call.layer, 0) + 1
 
         monkeypatch.setattr(runtime, "contribute", recording)
         with torch.no_grad():
             out = t.model.generate(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=0,
                                    output_hidden_states=True, return_dict_in_generate=True)
+        sinks = {layer: runtime.sink_mask(layer) for layer in key_class}
     prompt = inputs["input_ids"].shape[1]
     layers = cfg.resolve_layers(len(t.model.get_decoder().layers))
     assert set(key_class) == set(layers)
     for layer in layers:
+        assert kernel_tested[layer] == 7, layer  # every decode step after the prefill
         # the state entering ``layer`` at the prefill and at each decode step, in fp64, RMS with eps as in the code
         x = torch.cat([step[layer] for step in out.hidden_states], dim=1).double()
         phi = (x[..., list(cfg.sink_dims)].abs() / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()).amax(-1)
-        bits = key_class[layer]
-        assert bits.shape == phi.shape, layer
-        assert torch.equal(bits & SINK != 0, phi >= cfg.tau), layer
-        assert torch.equal(bits & VISUAL != 0, out.sequences[:, :-1] == t.image_token_id), layer
+        classes = key_class[layer] | sinks[layer].to(torch.int32) * SINK
+        assert classes.shape == phi.shape, layer
+        assert torch.equal(classes & SINK != 0, phi >= cfg.tau), layer
+        assert torch.equal(classes & VISUAL != 0, out.sequences[:, :-1] == t.image_token_id), layer
+        assert not (key_class[layer] & SINK).any()  # the bits travel beside the shared classes
         generated = phi[:, prompt:] >= cfg.tau
         assert generated.any() and not generated.all(), layer  # meaningful only with both kinds of decode tokens
 

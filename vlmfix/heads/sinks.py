@@ -130,7 +130,9 @@ class SinkBitWriter:
         device = dims.device
         self.dims = dims
         self.scale = hidden_size ** 0.5 / tau
-        self.eps_norm = torch.tensor((hidden_size * RMS_EPS) ** 0.5, dtype=torch.float32, device=device)
+        self.eps_norm_value = (hidden_size * RMS_EPS) ** 0.5
+        self.eps_norm = torch.tensor(self.eps_norm_value, dtype=torch.float32, device=device)
+        self.strict = strict
         self.on = torch.tensor(bit, dtype=torch.int32, device=device)
         self.off = torch.tensor(0, dtype=torch.int32, device=device)
         self.compare = torch.gt if strict else torch.ge

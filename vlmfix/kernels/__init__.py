@@ -17,15 +17,27 @@ from .reference import STATS, ReweightParams
 BACKENDS = ("auto", "triton", "torch")
 
 
+_triton_module = None  # the Triton backend module once imported; False when it cannot be
+
+
+def _triton():
+    global _triton_module
+    if _triton_module is None:
+        try:
+            from . import triton_attention
+        except Exception:  # pragma: no cover - triton missing or broken
+            _triton_module = False
+        else:
+            _triton_module = triton_attention
+    return _triton_module
+
+
 def triton_available(device: torch.device | None = None) -> bool:
     """Triton runs on CUDA tensors, or anywhere under ``TRITON_INTERPRET=1`` (slow: tests only)."""
-    try:
-        from . import triton_attention  # noqa: F401
-    except Exception:  # pragma: no cover - triton missing or broken
+    module = _triton()
+    if not module:
         return False
-    import os
-
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if module.INTERPRET:
         return True
     return device is not None and device.type == "cuda"
 
@@ -42,11 +54,16 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, mask: torch.Tensor | None = None,
               params: ReweightParams | None = None, want: Iterable[str] = (), backend: str = "auto"):
-    """Re-weighted attention; returns ``(out (B, M, Hq, D), stats dict)``. See ``reference.py`` for the semantics."""
-    if resolve_backend(backend, q.device) == "triton":
-        from . import triton_attention
+    """Re-weighted attention; returns ``(out (B, M, Hq, D), stats dict)``. See ``reference.py`` for the semantics.
 
-        return triton_attention.attention(q, k, v, scale=scale, mask=mask, params=params, want=want)
+    This runs once per layer and token: the common cases (a CUDA tensor, or ``torch``) take one branch each.
+    """
+    if backend != "torch" and q.is_cuda and backend in BACKENDS:
+        module = _triton()
+        if module:
+            return module.attention(q, k, v, scale=scale, mask=mask, params=params, want=want)
+    if resolve_backend(backend, q.device) == "triton":
+        return _triton().attention(q, k, v, scale=scale, mask=mask, params=params, want=want)
     return reference.attention(q, k, v, scale=scale, mask=mask, params=params, want=want)
 
 

@@ -14,16 +14,16 @@ non-sink keys, the rest) under one running max, plus their masses, and VAR is de
 import triton
 import triton.language as tl
 
-from ._tri_common import LOG2E, LN2, block_scores, load_v, one_hot16, pv_product, var_weights
+from ._tri_common import LOG2E, LN2, block_scores, load_v, new_key_sink_bit, one_hot16, pv_product, var_weights
 
 
 @triton.jit
 def _split_loop(acc, l_i, m_i, P, Vs, ps, mass, q, part, lo, hi, K_blk, V_blk, skn, svn, n_kv, offs_n, offs_d, d_ok,
-                qpos, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
+                qpos, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, BITS_b, new_bit,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHECK_N: tl.constexpr,
                 HAS_MASK: tl.constexpr, LOAD_CLS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr,
                 PARTS: tl.constexpr, GROUP: tl.constexpr, DOT_FP32: tl.constexpr, WANT_MASS: tl.constexpr,
-                SUMS_BY_DOT: tl.constexpr):
+                SUMS_BY_DOT: tl.constexpr, HAS_BITS: tl.constexpr, TEST_NEW: tl.constexpr):
     """Online softmax over keys [lo, hi). With VAR each row keeps only its part's keys in the value product
     (part 0: neither sink nor visual non-sink, 1: sink, 2: visual non-sink) and ``P`` is that part's mass.
 
@@ -33,9 +33,9 @@ def _split_loop(acc, l_i, m_i, P, Vs, ps, mass, q, part, lo, hi, K_blk, V_blk, s
     that head's visual-sink mass ``Vs``."""
     for start_n in range(lo, hi, BLOCK_N):
         s, cls = block_scores(q, K_blk, skn, start_n, n_kv, offs_n, offs_d, d_ok, qpos, rows_ok, rows_ok,
-                              CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
+                              CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, BITS_b, new_bit,
                               HEAD_DIM, BLOCK_D, CHECK_N, False, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP,
-                              DOT_FP32)
+                              DOT_FP32, HAS_BITS, TEST_NEW)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(s - m_use[:, None])
@@ -66,17 +66,23 @@ def _split_loop(acc, l_i, m_i, P, Vs, ps, mass, q, part, lo, hi, K_blk, V_blk, s
 
 
 @triton.jit
-def decode_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, CNT,
+def decode_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, CNT, BITS, HID, CH,
                   sqb, sqh, skb, skh, skn, svb, svh, svn, sob, soh,
-                  smb, smh, smn, scb, scn, slb_b, slb_h, sam_b, sam_h, svp_b, svp_h, shs_b, shs_h,
-                  qk_scale, var_rho, var_min_mass, N, H, G, chunk,
+                  smb, smh, smn, scb, scn, slb_b, slb_h, sam_b, sam_h, svp_b, svp_h, shs_b, shs_h, sbits_b, shid_b,
+                  qk_scale, var_rho, var_min_mass, sink_threshold, sink_eps2, N, H, G, chunk, bits_first, n_ch, hid_d,
                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                   SPLITS: tl.constexpr, PARTS: tl.constexpr, GROUP: tl.constexpr, HAS_MASK: tl.constexpr,
                   LOAD_CLS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr, HAS_HS: tl.constexpr,
                   WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr, DOT_FP32: tl.constexpr,
-                  BLOCK_S: tl.constexpr, FUSED_COMBINE: tl.constexpr, SUMS_BY_DOT: tl.constexpr):
+                  BLOCK_S: tl.constexpr, FUSED_COMBINE: tl.constexpr, SUMS_BY_DOT: tl.constexpr,
+                  HAS_BITS: tl.constexpr, TEST_NEW: tl.constexpr, STRICT: tl.constexpr, BLOCK_HID: tl.constexpr,
+                  BLOCK_CH: tl.constexpr):
     """Rows of the tile are (part, query head of the group): VAR's three value accumulators of a head become three
-    rows of one product, so VAR costs no extra matrix product and, for groups of up to five heads, no extra rows."""
+    rows of one product, so VAR costs no extra matrix product and, for groups of up to five heads, no extra rows.
+
+    ``HAS_BITS``: VAR's per-layer SINK bits come as their own row (``BITS``, from column ``bits_first``) and are
+    OR-ed into the classes. ``TEST_NEW``: the new key's bit is decided here from the token's hidden state (``HID``)
+    by the programs whose split holds that key; the kv-head-0 one stores it for later steps."""
     split = tl.program_id(0)
     pid = tl.program_id(1)
     n_kv_heads = H // G
@@ -109,6 +115,14 @@ def decode_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS, WS_O, WS_
     lo = split * chunk
     hi = tl.minimum(lo + chunk, N)
     mid = lo + ((hi - lo) // BLOCK_N) * BLOCK_N
+    BITS_b = BITS + b * sbits_b + bits_first
+    new_bit = N * 0
+    if TEST_NEW:
+        if hi == N:
+            new_bit = new_key_sink_bit(HID + b * shid_b, CH, n_ch, hid_d, sink_threshold, sink_eps2, BLOCK_HID,
+                                       BLOCK_CH, STRICT)
+            if hk == 0:
+                tl.store(BITS_b + N - 1, new_bit)
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     zero = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -116,14 +130,14 @@ def decode_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS, WS_O, WS_
     mass = tl.zeros([BLOCK_M, 16], dtype=tl.float32)
     acc, l_i, m_i, P, Vs, ps, mass = _split_loop(
         acc, zero, m_i, zero, zero, mass, mass, q, part, lo, mid, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
-        qpos, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
+        qpos, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, BITS_b, new_bit,
         HEAD_DIM, BLOCK_D, BLOCK_N, False, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, PARTS, GROUP, DOT_FP32, WANT_MASS,
-        SUMS_BY_DOT)
+        SUMS_BY_DOT, HAS_BITS, TEST_NEW)
     acc, l_i, m_i, P, Vs, ps, mass = _split_loop(
         acc, l_i, m_i, P, Vs, ps, mass, q, part, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
-        qpos, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
+        qpos, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, BITS_b, new_bit,
         HEAD_DIM, BLOCK_D, BLOCK_N, True, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, PARTS, GROUP, DOT_FP32, WANT_MASS,
-        SUMS_BY_DOT)
+        SUMS_BY_DOT, HAS_BITS, TEST_NEW)
 
     if PARTS == 3 and SUMS_BY_DOT:
         c16 = tl.arange(0, 16)[None, :]

@@ -21,6 +21,9 @@ Order of operations per (batch row b, query head h, query row i, key j), all in 
 
 The query token's class is the class of key position ``N - M + i`` (queries are the last M keys in every use: prefill,
 chunked prefill and decode).
+
+VAR's SINK bits may come separately (``SinkBits``): they are OR-ed into the key classes before step 2, and a decode
+step may leave the new key's bit to the kernel, which tests the token's hidden state itself (see ``SinkBits``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,54 @@ STATS = ("lse", "class_mass", "last_row_probs")
 
 
 @dataclass
+class SinkBits:
+    """Per-layer SINK bits kept beside the shared sequence classes: key j's class is ``key_class[j] | bits[first + j]``.
+
+    bits:     (B, >= first + N) int32, ``SINK`` or 0 per sequence position.
+    first:    the column of key 0 (a sliding-window layer sees only the last keys of the sequence).
+    hidden:   optional (B, D) hidden state of the query token entering the layer, for a decode step (one query row).
+              The kernel then decides the new key's bit itself and writes it into ``bits[:, first + N - 1]`` before
+              using it: ``max_c |h_c| * threshold >= sqrt(||h||^2 + eps_norm^2)`` over ``channels``, ``>`` when
+              ``strict``, in fp32. With ``threshold = sqrt(D) / tau`` and ``eps_norm = sqrt(D * eps)`` that is
+              ``max_c |h_c| / sqrt(mean(h^2) + eps) >= tau``, the sink test of ``heads.sinks``.
+
+    Why: the test on the host is seven small launches per layer and generated token, on a decode path that the host
+    already paces; inside the decode kernel it costs one read of the hidden row.
+    """
+
+    bits: torch.Tensor
+    first: int = 0
+    hidden: torch.Tensor | None = None
+    channels: torch.Tensor | None = None
+    threshold: float = 0.0
+    eps_norm: float = 0.0
+    strict: bool = False
+
+
+def new_key_is_sink(sb: SinkBits) -> torch.Tensor:
+    """(B,) bool: the test ``SinkBits`` describes, on ``sb.hidden``, in fp32 (fp64 for fp64 states)."""
+    h = sb.hidden.double() if sb.hidden.dtype == torch.float64 else sb.hidden.float()
+    peak = h.index_select(-1, sb.channels.to(h.device)).abs().amax(-1) * sb.threshold
+    bound = (h * h).sum(-1) + sb.eps_norm ** 2
+    lhs = peak * peak
+    return lhs > bound if sb.strict else lhs >= bound
+
+
+def fold_sink_bits(key_class: torch.Tensor | None, sb: SinkBits, n: int, m: int) -> torch.Tensor:
+    """(B, N) classes with the SINK bits OR-ed in; runs (and records) the new key's test when ``sb.hidden`` is set."""
+    if sb.hidden is not None:
+        if m != 1:
+            raise ValueError(f"SinkBits.hidden tests the new key of a decode step (one query row), got {m} rows")
+        hit = new_key_is_sink(sb)
+        col = sb.first + n - 1
+        sb.bits[:, col] = torch.where(hit, SINK, 0).to(sb.bits.dtype)
+    bits = sb.bits[:, sb.first:sb.first + n]
+    if bits.shape[1] != n:
+        raise ValueError(f"SinkBits.bits holds {sb.bits.shape[1]} columns; keys need columns up to {sb.first + n}")
+    return bits.to(torch.int32) if key_class is None else key_class | bits
+
+
+@dataclass
 class ReweightParams:
     """Per-(batch, head, class) parameters of every effect; ``None`` means the effect is off.
 
@@ -47,6 +98,7 @@ class ReweightParams:
     var_rho:    minimum visual non-sink share of the visual mass for a row to be image-centric.
     var_min_mass: minimum visual mass for a row to be image-centric.
     head_scale: (B, H) fp32 multiplier of each head's output (VHR).
+    sink_bits:  ``SinkBits`` OR-ed into ``key_class`` (VAR); on its own it changes no output.
     """
 
     key_class: torch.Tensor | None = None
@@ -57,6 +109,7 @@ class ReweightParams:
     var_rho: float = 0.5
     var_min_mass: float = 0.2
     head_scale: torch.Tensor | None = None
+    sink_bits: SinkBits | None = None
 
     @property
     def is_identity(self) -> bool:
@@ -135,6 +188,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
     s = torch.matmul(q.to(acc), kk.transpose(-1, -2)) * scale  # (B,H,M,N)
 
     cls = params.key_class
+    if params.sink_bits is not None:
+        cls = fold_sink_bits(cls, params.sink_bits, n, m)
     if cls is None and (params.log_bias is not None or params.amp is not None or params.var_p is not None):
         raise ValueError("key_class is required when log_bias, amp or var_p is given")
     if params.amp is not None:

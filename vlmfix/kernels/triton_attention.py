@@ -15,6 +15,7 @@ Set ``TRITON_INTERPRET=1`` before importing this module to run the kernels on th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 from typing import Iterable
@@ -25,7 +26,7 @@ import triton
 from ._tri_common import LOG2E_F
 from ._tri_decode import combine_kernel, decode_kernel, last_row_kernel
 from ._tri_fwd import fwd_kernel
-from .reference import STATS, ReweightParams
+from .reference import STATS, ReweightParams, fold_sink_bits
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _STATS = frozenset(STATS)
@@ -216,9 +217,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
         vs = v.stride()
     dev = q.device
 
-    cls = lb = amp = var_p = hs = None
+    cls = lb = amp = var_p = hs = sb = None
     rho = min_mass = 0.0
     amp_start = n - 1
+    if params is not None and params.sink_bits is not None:
+        sb = params.sink_bits
+        if m > 1 or want or params.key_class is None or sb.bits.dtype != torch.int32:
+            # Not the decode fast path: the bits (and the new key's test) are folded in on the host.
+            params = dataclasses.replace(params, key_class=fold_sink_bits(params.key_class, sb, n, m), sink_bits=None)
+            sb = None
     if params is not None and not params.is_identity:
         cls, lb, amp, var_p, hs = params.key_class, params.log_bias, params.amp, params.var_p, params.head_scale
         if cls is None and (lb is not None or amp is not None or var_p is not None):
@@ -283,14 +290,38 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
         else:
             ws_o = ws_s = ws_m = cnt = out
         block_s = max(2, _pow2(splits))
+        if sb is None:
+            bits = hid = chans = dummy
+            sbits_b = shid_b = first = n_ch = hid_d = 0
+            threshold = eps2 = 0.0
+            test_new = strict = False
+        else:
+            bits, first, hid = sb.bits, sb.first, sb.hidden
+            sbits_b = bits.stride(0) if bits.shape[0] != 1 else 0
+            if bits.shape[1] < first + n:
+                raise ValueError(f"SinkBits.bits holds {bits.shape[1]} columns; keys need columns up to {first + n}")
+            test_new = hid is not None
+            if test_new:
+                if hid.stride(-1) != 1:
+                    hid = hid.contiguous()
+                chans, hid_d, n_ch = sb.channels, hid.shape[-1], sb.channels.shape[0]
+                shid_b = hid.stride(0) if hid.shape[0] != 1 else 0
+                threshold, eps2, strict = float(sb.threshold), float(sb.eps_norm) ** 2, bool(sb.strict)
+            else:
+                hid = chans = dummy
+                shid_b = n_ch = hid_d = 0
+                threshold = eps2 = 0.0
+                strict = False
         decode_kernel[(splits, bsz * hkv)](
-            q, k, v, out, *ptrs, ws_o, ws_s, ws_m, cnt,
+            q, k, v, out, *ptrs, ws_o, ws_s, ws_m, cnt, bits, hid, chans,
             qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], m * hq * d, d, ms[0], ms[1], ms[3],
-            *cs, *lbs, *ams, *vps, *hss,
-            qk_scale, rho, min_mass, n, hq, group, chunk,
+            *cs, *lbs, *ams, *vps, *hss, sbits_b, shid_b,
+            qk_scale, rho, min_mass, threshold, eps2, n, hq, group, chunk, first, n_ch, hid_d,
             HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=block_m, SPLITS=splits, PARTS=parts, GROUP=group,
-            DOT_FP32=dot_fp32, LOAD_CLS=load_cls or var_p is not None, BLOCK_S=block_s, FUSED_COMBINE=fused,
-            SUMS_BY_DOT=parts == 3 and DECODE_SUMS_BY_DOT, **common, **cfg)
+            DOT_FP32=dot_fp32, LOAD_CLS=load_cls or var_p is not None or sb is not None, BLOCK_S=block_s,
+            FUSED_COMBINE=fused, SUMS_BY_DOT=parts == 3 and DECODE_SUMS_BY_DOT, HAS_BITS=sb is not None,
+            TEST_NEW=test_new, STRICT=strict, BLOCK_HID=_pow2(hid_d) if test_new else 16,
+            BLOCK_CH=max(2, _pow2(n_ch)) if test_new else 2, **common, **cfg)
         if splits > 1 and not fused:
             combine_kernel[(bsz * hq,)](
                 out, ptrs[1], ptrs[4], ptrs[5], ptrs[6], ptrs[7], ws_o, ws_s, ws_m,

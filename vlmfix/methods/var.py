@@ -1,10 +1,12 @@
 """VAR at runtime: sink tokens per layer from the residual stream, then the kernel's adaptive redistribution.
 
 Sinks are found by a forward pre-hook on each VAR layer (phi on the hidden state *entering* the layer, as the paper
-defines it), stored per layer for every position of the sequence, and turned into the SINK bit of the key classes.
-The prefill tests every prompt token with ``detect_sinks``; a decode step tests its new token with ``SinkBitWriter``,
-the same inequality in fewer ops, writing the bit in place (this runs in every VAR layer for every generated token).
-The row/head test and the redistribution itself are the kernel's ``var_p`` switch (see ``kernels/reference.py``).
+defines it), stored per layer for every position of the sequence in an int32 buffer of SINK bits, which the kernel
+ORs into the shared key classes (``kernels.reference.SinkBits``). The prefill tests every prompt token with
+``detect_sinks``. A decode step of one token only reserves the token's column and hands the hidden state to the
+kernel, which tests it and writes the bit (no host op: this runs in every VAR layer for every generated token);
+several new tokens at once go through ``SinkBitWriter``, the same inequality on the host. The row/head test and the
+redistribution itself are the kernel's ``var_p`` switch (see ``kernels/reference.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 from ..heads import SinkBitWriter, detect_sinks, find_sink_dims, known_sink_dims
 from ..kernels import SINK, VISUAL
+from ..kernels.reference import SinkBits
 from .base import MethodRuntime
 
 
@@ -36,6 +39,9 @@ class VarRuntime(MethodRuntime):
         # the sink test with its device tensors (channels, bit values) per (device, width, dims): no host copy per
         # call, also when the layers of a model sit on several devices
         self._writers: dict[tuple, SinkBitWriter] = {}
+        # per layer: (hidden state, sink test) of a one-token decode step whose bit the kernel is to decide
+        self._pending: dict[int, tuple] = {}
+        self._kernel_tests = cfg.detect_on_decode and not cfg.compat
 
     def install(self, session):
         handles = []
@@ -53,21 +59,27 @@ class VarRuntime(MethodRuntime):
             writer = self._writer_for(hidden)
             if seq.new_sequence:
                 sinks = detect_sinks(hidden, writer.dims, self.cfg.tau, strict=self.cfg.compat)
-                torch.where(sinks, writer.on, writer.off, out=self._columns(idx, hidden, fresh=True))
+                self._reserve(idx, hidden, fresh=True)
+                torch.where(sinks, writer.on, writer.off, out=self._sink_bits[idx][:, :hidden.shape[1]])
             elif idx in self._sink_bits:
-                columns = self._columns(idx, hidden)
-                if self.cfg.detect_on_decode and not self.cfg.compat:
-                    writer(hidden, out=columns)
+                start = self._reserve(idx, hidden)
+                n = hidden.shape[1]
+                if self._kernel_tests:
+                    if n == 1:  # the kernel tests the token and writes its bit
+                        self._pending[idx] = (hidden, writer)
+                    else:
+                        writer(hidden, out=self._sink_bits[idx][:, start:start + n])
                 # else the new tokens are no sinks: their columns are still 0
             return None
 
         return pre_hook
 
-    def _columns(self, idx, hidden, fresh=False):
-        """The layer's SINK-bit columns for the tokens of ``hidden``, appended (or, for a new sequence, from 0).
+    def _reserve(self, idx, hidden, fresh=False) -> int:
+        """Appends columns for the tokens of ``hidden`` to the layer's SINK-bit buffer (from 0 for a new sequence);
+        returns the first one.
 
-        Buffers are made with zeros and grown by doubling, and only the columns handed out here are ever written,
-        so every column past the filled length is 0.
+        Buffers are made with zeros and grown by doubling, and only the reserved columns are ever written, so every
+        column past the filled length is 0.
         """
         n = hidden.shape[1]
         start = 0 if fresh else self._sink_len[idx]
@@ -78,7 +90,7 @@ class VarRuntime(MethodRuntime):
                 grown[:, :start] = buf[:, :start]
             buf = self._sink_bits[idx] = grown
         self._sink_len[idx] = start + n
-        return buf[:, start:start + n]
+        return start
 
     def sink_mask(self, layer: int) -> torch.Tensor | None:
         """Bool (B, T): the sink tokens found at ``layer`` for every position of the current sequence."""
@@ -102,7 +114,7 @@ class VarRuntime(MethodRuntime):
         return writer
 
     def start_sequence(self, session, kwargs):
-        self._sink_bits, self._sink_len = {}, {}
+        self._sink_bits, self._sink_len, self._pending = {}, {}, {}
         if self.dims is None and session.seq.has_visual:
             drop = ("past_key_values", "cache", "use_cache", "return_dict", "output_hidden_states",
                     "output_attentions", "logits_to_keep")
@@ -121,17 +133,24 @@ class VarRuntime(MethodRuntime):
         if bits is None:
             return
         kv_len = call.key.shape[2]
-        length = self._sink_len[call.layer]
-        sink_bits = bits[:, length - kv_len:length]
-        call.classes = call.classes | sink_bits
+        first = self._sink_len[call.layer] - kv_len
         b, h = call.query.shape[:2]
         var_p = self._var_p
         if var_p is None or var_p.shape != (b, h) or var_p.device != call.query.device:
             var_p = self._var_p = torch.full((b, h), self.cfg.moved_fraction, dtype=torch.float32,
                                              device=call.query.device)
         if self.cfg.compat:  # the official code leaves a layer alone in a sample without any visual sink
+            call.classes = call.classes | bits[:, first:first + kv_len]
             has_visual_sink = ((call.classes & (SINK | VISUAL)) == (SINK | VISUAL)).any(dim=1)
             var_p = var_p * has_visual_sink.unsqueeze(1)
+        else:
+            pending = self._pending.pop(call.layer, None)
+            if pending is None:
+                call.params.sink_bits = SinkBits(bits, first)
+            else:
+                hidden, writer = pending
+                call.params.sink_bits = SinkBits(bits, first, hidden[:, -1], writer.dims, writer.scale,
+                                                 writer.eps_norm_value, writer.strict)
         call.params.key_class = call.classes
         call.params.var_p = var_p
         call.params.var_rho = self.cfg.rho
