@@ -1,10 +1,16 @@
 """Correctness of the Triton backend at full sizes on a CUDA device, against an fp64 run of the reference.
 
-    python benchmarks/gpu_check.py [--out DIR] [--quick]
+    python benchmarks/gpu_check.py [--out DIR] [--quick] [--select decode|prefill|sinkbits|variant,...]
 
 Prints one row per case (relative errors of the output and of every statistic) and writes the table to
 ``DIR/gpu_check.txt``. Exits non-zero if any case fails. The fp64 reference materialises the score matrix, so it is
 evaluated a few kv heads at a time.
+
+Each case runs three times: with statistics (column ``out`` and the statistics), then twice without (column
+``nostat``: the larger error of the two). Generation calls the kernels without statistics, and the second of two
+calls with the same signature goes through the direct launch (``kernels/_launch.py``), so both paths are checked.
+``sinkbits`` cases hand VAR's SINK bits over separately with the new key's test left to the decode kernel
+(``reference.SinkBits``); their row also checks the bit the kernel wrote (``bit`` column: ok / WRONG).
 """
 
 from __future__ import annotations
@@ -117,6 +123,37 @@ def rel(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
+def sink_bits_case(q, k, p, n, hidden_size, dev, seed):
+    """Moves the SINK bits of ``p.key_class`` into a separate buffer (``SinkBits``, from column 5) and adds each batch
+    row's hidden state for the new key's test: rows alternate between clear sinks and clear non-sinks."""
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    b = q.shape[0]
+    cls = p.key_class
+    bits = torch.zeros(b, n + 20, dtype=torch.int32, device=dev)
+    bits[:, 5:5 + n] = cls & SINK
+    bits[:, 5 + n - 1] = 0
+    hidden = torch.randn(b, hidden_size, generator=gen, device=dev) * 0.05
+    channels = torch.tensor([hidden_size // 3, hidden_size - 7], device=dev)
+    hidden[0::2, channels[1]] = 40.0  # phi = 40 / sqrt(mean(h^2)) ~ sqrt(D) >> tau
+    hidden = hidden.to(q.dtype)
+    tau = 20.0
+    p.key_class = cls & ~SINK
+    p.sink_bits = reference.SinkBits(bits, 5, hidden, channels, hidden_size ** 0.5 / tau,
+                                     (hidden_size * 1e-6) ** 0.5)
+    x = hidden.double()
+    phi = x[:, channels].abs().amax(-1) / (x.pow(2).mean(-1) + 1e-6).sqrt()
+    return phi >= tau
+
+
+def case_kind(c) -> str:
+    b, hq, hkv, m, n, d, dtype, method, pad, overrides = c[:10]
+    if len(c) > 10:
+        return "sinkbits"
+    if overrides:
+        return "variant"
+    return "decode" if m == 1 else "prefill"
+
+
 def cases(quick: bool, tiny: bool = False):
     bf, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
     out = []
@@ -124,7 +161,8 @@ def cases(quick: bool, tiny: bool = False):
         return [(1, 4, 2, 40, 40, 64, bf, "all", False, {}), (2, 4, 4, 1, 100, 80, fp32, "all", True, {}),
                 (2, 4, 2, 7, 90, 128, fp16, "var", True, {}),
                 (2, 4, 2, 1, 100, 64, bf, "all", True, dict(FUSED_COMBINE=False)),
-                (1, 4, 2, 40, 40, 64, bf, "var", False, dict(VAR_LAUNCH="pair"))]
+                (1, 4, 2, 40, 40, 64, bf, "var", False, dict(VAR_LAUNCH="pair")),
+                (2, 4, 2, 1, 100, 64, bf, "var", False, {}, 96)]
     # (b, hq, hkv, m, n, d, dtype, method, pad); decode first: its cases compile fastest
     for n in (640, 2900, 8192):
         for method in ("none", "var", "all"):
@@ -153,7 +191,20 @@ def cases(quick: bool, tiny: bool = False):
     out.append((3, 32, 8, 300, 2900, 128, bf, "all", True))
     out.append((3, 32, 8, 1, 2900, 128, bf, "all", True))
     out.append((3, 32, 32, 1, 8192, 64, fp32, "var", True))
-    return [c + ({},) for c in out] + variants(quick)
+    return [c + ({},) for c in out] + variants(quick) + sink_bit_cases()
+
+
+def sink_bit_cases():
+    """Decode with VAR's bits separate and the new key tested in the kernel (11th field: the hidden size)."""
+    bf = torch.bfloat16
+    out = []
+    for n in (640, 2900):
+        for b in (1, 8):
+            out.append((b, 32, 32, 1, n, 128, bf, "var", False, {}, 4096))  # LLaVA-1.5-7B
+    out.append((1, 28, 4, 1, 700, 128, bf, "all", False, {}, 3584))  # Qwen2-VL-7B
+    out.append((3, 32, 8, 1, 2900, 128, bf, "all", True, {}, 4096))
+    out.append((1, 32, 8, 1, 2900, 128, torch.float32, "var", False, {}, 4096))
+    return out
 
 
 def variants(quick: bool):
@@ -179,7 +230,9 @@ def main():
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--select", default=None, help="comma-separated case kinds: decode, prefill, sinkbits, variant")
     args = ap.parse_args()
+    kinds = set(args.select.split(",")) if args.select else None
     os.makedirs(args.out, exist_ok=True)
     ta._empty = lambda *s, **kw: torch.full(s[0] if len(s) == 1 and isinstance(s[0], tuple) else s,
                                               float("nan"), **kw)
@@ -188,31 +241,47 @@ def main():
     lines = [f"# gpu_check on {gpu} | torch {torch.__version__} | "
              f"triton {ta.triton.__version__} | {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"{'dtype':9} {'B':>2} {'Hq/Hkv':>6} {'D':>4} {'M':>5} {'N':>5} {'pad':>3} {'method':10} "
-             f"{'out':>9} {'lse':>9} {'mass':>9} {'lastrow':>9} {'tol':>6}  result"]
+             f"{'out':>9} {'nostat':>9} {'lse':>9} {'mass':>9} {'lastrow':>9} {'bit':>5} {'tol':>6}  result"]
     print(lines[0], flush=True)
     print(lines[1], flush=True)
     failed = 0
-    for i, (b, hq, hkv, m, n, d, dtype, method, pad, overrides) in enumerate(cases(args.quick, args.tiny)):
+    for i, c in enumerate(cases(args.quick, args.tiny)):
+        b, hq, hkv, m, n, d, dtype, method, pad, overrides = c[:10]
+        if kinds is not None and case_kind(c) not in kinds:
+            continue
         q, k, v, mask, p = make_case(b, hq, hkv, m, n, d, dtype, method, pad, seed=1000 + i, dev=dev)
+        expect_bit = sink_bits_case(q, k, p, n, c[10], dev, 2000 + i) if len(c) > 10 else None
         want = STATS if method in ("all", "var") else ("lse",)
         scale = d ** -0.5
         ta._workspace.clear()
+        bit_ok = None
         with ta.launch_choices(**overrides):
             out, st = ta.attention(q, k, v, scale=scale, mask=mask, params=p, want=want)
+            nostat = []
+            for _ in range(2):  # Triton's launch path, then (same signature) the direct one
+                if expect_bit is not None:
+                    p.sink_bits.bits[:, 5 + n - 1] = -1  # the kernel must write it
+                nostat.append(ta.attention(q, k, v, scale=scale, mask=mask, params=p)[0])
+                if expect_bit is not None:
+                    wrote = p.sink_bits.bits[:, 5 + n - 1]
+                    bit_ok = (bit_ok is not False) and torch.equal(wrote == SINK, expect_bit) and bool(
+                        ((wrote == 0) | (wrote == SINK)).all())
         if dev == "cuda":
             torch.cuda.synchronize()
         ref, rst = reference_by_heads(q, k, v, scale, mask, p, want)
         tol = TOL[dtype]
-        errs = {"out": rel(out, ref)}
+        errs = {"out": rel(out, ref), "nostat": max(rel(o, ref) for o in nostat)}
         for w in want:
             errs[w] = rel(st[w], rst[w])
-        ok = all(e <= max(tol, 1e-5) for e in errs.values())
+        ok = all(e <= max(tol, 1e-5) for e in errs.values()) and bit_ok is not False
         failed += not ok
         f = lambda x: f"{x:9.2e}" if x is not None else f"{'-':>9}"  # noqa: E731
+        bit = "-" if bit_ok is None else ("ok" if bit_ok else "WRONG")
         row = (f"{str(dtype).replace('torch.', ''):9} {b:>2} {f'{hq}/{hkv}':>6} {d:>4} {m:>5} {n:>5} "
-               f"{'yes' if pad else 'no':>3} {method:10} {f(errs['out'])} {f(errs.get('lse'))} "
-               f"{f(errs.get('class_mass'))} {f(errs.get('last_row_probs'))} {tol:6.0e}  {'PASS' if ok else 'FAIL'}"
-               + (f"  {overrides}" if overrides else ""))
+               f"{'yes' if pad else 'no':>3} {method:10} {f(errs['out'])} {f(errs['nostat'])} {f(errs.get('lse'))} "
+               f"{f(errs.get('class_mass'))} {f(errs.get('last_row_probs'))} {bit:>5} {tol:6.0e}  "
+               f"{'PASS' if ok else 'FAIL'}" + (f"  {overrides}" if overrides else "")
+               + (f"  sink bits separate, new key tested in the kernel (hidden {c[10]})" if len(c) > 10 else ""))
         print(row, flush=True)
         lines.append(row)
         with open(os.path.join(args.out, "gpu_check.txt"), "w") as fh:  # rewritten as we go: a partial run counts
@@ -220,7 +289,9 @@ def main():
         del q, k, v, mask, p, out, st, ref, rst
         if dev == "cuda":
             torch.cuda.empty_cache()
-    lines.append(f"# {len(lines) - 2} cases, {failed} failed")
+    lines.append(f"# {len(lines) - 2} cases, {failed} failed; direct launch still on after them: decode "
+                 f"{ta._decode_launch.enabled}, forward {ta._fwd_launch.enabled}"
+                 + (f"; selected kinds: {sorted(kinds)}" if kinds else ""))
     print(lines[-1])
     with open(os.path.join(args.out, "gpu_check.txt"), "w") as fh:
         fh.write("\n".join(lines) + "\n")

@@ -10,6 +10,9 @@ bf16, 32 query heads = 32 kv heads, head_dim 128, batch 1 prefill and batch 1 / 
                 Only query tiles holding text rows after the image (and the prefix) take the VAR path.
 * ``var_worst`` VAR with every query row eligible (no visual query tokens): every tile takes the VAR path.
 * ``all``       log_bias + amp + VAR + head_scale together (realistic layout).
+* ``var_step``  (decode) VAR as a generation step hands it over: the SINK bits in their own per-layer buffer
+                (``reference.SinkBits``) and the new token's sink test (a 4096-wide hidden row) left to the kernel,
+                which also writes the token's bit.
 
 Kernel times are medians of ``triton.testing.do_bench`` (prefill) or of CUDA-graph replays
 (``do_bench_cudagraph``, decode, so launch gaps do not count); ours and SDPA alternate, twice, and the medians of
@@ -37,10 +40,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from vlmfix.kernels import triton_attention as ta  # noqa: E402
 from vlmfix.kernels.classes import LOCAL, SINK, SUMMARY, VISUAL  # noqa: E402
-from vlmfix.kernels.reference import ReweightParams  # noqa: E402
+from vlmfix.kernels.reference import ReweightParams, SinkBits  # noqa: E402
 
 H, D, DTYPE = 32, 128, torch.bfloat16
-BARS = {("prefill", "none"): 1.15, ("prefill", "var"): 1.25, ("decode", "none"): 1.3, ("decode", "var"): 1.3}
+BARS = {("prefill", "none"): 1.15, ("prefill", "var"): 1.25, ("decode", "none"): 1.3, ("decode", "var"): 1.3,
+        ("decode", "var_step"): 1.3}
 
 
 def prompt_layout(n: int, worst: bool = False) -> torch.Tensor:
@@ -62,6 +66,13 @@ def make_params(method: str, b: int, n: int):
         return None
     cls = prompt_layout(n, worst=method == "var_worst").expand(b, n).contiguous()
     p = ReweightParams(key_class=cls, var_p=torch.full((b, H), 0.5, device="cuda"), var_rho=0.5, var_min_mass=0.2)
+    if method == "var_step":
+        bits = torch.zeros(b, 2 * n, dtype=torch.int32, device="cuda")
+        bits[:, :n] = cls & SINK
+        hidden = torch.randn(b, 4096, device="cuda", dtype=DTYPE)
+        p.key_class = cls & ~SINK
+        p.sink_bits = SinkBits(bits, 0, hidden, torch.tensor([1415, 2533], device="cuda"), 4096 ** 0.5 / 20.0,
+                               (4096 * 1e-6) ** 0.5)
     if method == "all":
         p.log_bias = torch.randn(b, H, 16, device="cuda") * 0.3
         p.amp = torch.rand(b, H, 16, device="cuda") * 0.5
@@ -182,7 +193,6 @@ def _tag(rec, config):
 # The previous defaults and the alternatives each new default was chosen over (docs/kernels.md).
 SWEEP = [
     (dict(VAR_LAUNCH="pair"), "prefill", (640, 2900, 8192), (1,), ("var", "all")),
-    (dict(DECODE_SUMS_BY_DOT=False), "decode", (640, 2900, 8192), (1, 8), ("var",)),
     (dict(FUSED_COMBINE=False), "decode", (2900, 8192), (1,), ("none", "var")),
     (dict(DECODE_SPLIT=dict(min_keys=1024, keys_per_split=256, waves=2, busy_keys_per_split=256, busy_waves=2)),
      "decode", (640, 2900), (1, 8), ("none", "var")),
@@ -211,11 +221,14 @@ def main():
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--sweep", action="store_true", help="also try a few launch configurations")
     ap.add_argument("--sweep-only", action="store_true", help="only the sweep (writes kernels_h200_sweep.json)")
+    ap.add_argument("--phases", default="prefill,decode", help="which of prefill, decode to time")
     args = ap.parse_args()
+    phases = set(args.phases.split(","))
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(0)
     records = []
-    meta = dict(command="python benchmarks/kernels.py" + (" --sweep" if args.sweep else ""),
+    meta = dict(command="python benchmarks/kernels.py" + (" --sweep" if args.sweep else "")
+                + (f" --phases {args.phases}" if phases != {"prefill", "decode"} else ""),
                 torch=torch.__version__, triton=triton.__version__, gpu=torch.cuda.get_device_name(),
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), configs={str(k): v for k, v in
                                                                                  ta.CONFIGS.items()},
@@ -228,11 +241,13 @@ def main():
             json.dump(dict(meta=meta, records=records), fh, indent=1)
         print("\n" + "\n".join(_fmt(r) + f"  {r.get('config')}" for r in records))
         return
-    for n in (640, 2900, 8192):
-        prefill(n, ("none", "var", "var_worst", "all"), records, graph=n == 640)
-    for b in (1, 8):
+    if "prefill" in phases:
         for n in (640, 2900, 8192):
-            decode(n, b, ("none", "var", "all"), records)
+            prefill(n, ("none", "var", "var_worst", "all"), records, graph=n == 640)
+    if "decode" in phases:
+        for b in (1, 8):
+            for n in (640, 2900, 8192):
+                decode(n, b, ("none", "var", "var_step", "all"), records)
     if args.sweep:
         sweep(records)
     main_records = [r for r in records if not r["phase"].startswith("sweep")]

@@ -6,9 +6,12 @@ partial softmaxes (or, with ``FUSED_COMBINE`` off, a separate combine launch doe
 One program holds all query heads of a kv head, so K/V are read once per group.
 
 VAR cannot use the prefill kernel's fix-up pass here (a split sees only part of the row, and a second pass would read
-the keys twice in a memory-bound kernel). Instead each head keeps three value accumulators (sink keys, visual
-non-sink keys, the rest) under one running max, plus their masses, and VAR is decided once the whole row is known
-(in the epilogue, or in the combine step after a split). The three accumulators are three rows of the tile.
+the keys twice in a memory-bound kernel). Instead each head keeps four value accumulators under one running max, one
+per part of the keys: 0 neither sink nor visual, 1 text sinks, 2 visual sinks, 3 visual non-sinks. Each is a row of
+the tile whose probabilities are zeroed outside its part, so its row sum is that part's mass: the masses VAR decides
+on (sink S = P1 + P2, visual sink Vs = P2, visual non-sink Vns = P3, total = all four) cost no reduction beyond the
+one plain attention does per key block. VAR is decided once the whole row is known (in the epilogue, or where the
+splits are merged), and the four accumulators are folded with VAR's weights (1, w_sink, w_sink, w_vis).
 """
 
 import triton
@@ -18,19 +21,14 @@ from ._tri_common import LOG2E, LN2, block_scores, load_v, new_key_sink_bit, one
 
 
 @triton.jit
-def _split_loop(acc, l_i, m_i, P, Vs, ps, mass, q, part, lo, hi, K_blk, V_blk, skn, svn, n_kv, offs_n, offs_d, d_ok,
+def _split_loop(acc, l_i, m_i, mass, q, part, lo, hi, K_blk, V_blk, skn, svn, n_kv, offs_n, offs_d, d_ok,
                 qpos, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, BITS_b, new_bit,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHECK_N: tl.constexpr,
                 HAS_MASK: tl.constexpr, LOAD_CLS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr,
                 PARTS: tl.constexpr, GROUP: tl.constexpr, DOT_FP32: tl.constexpr, WANT_MASS: tl.constexpr,
-                SUMS_BY_DOT: tl.constexpr, HAS_BITS: tl.constexpr, TEST_NEW: tl.constexpr):
-    """Online softmax over keys [lo, hi). With VAR each row keeps only its part's keys in the value product
-    (part 0: neither sink nor visual non-sink, 1: sink, 2: visual non-sink) and ``P`` is that part's mass.
-
-    ``SUMS_BY_DOT`` accumulates the part masses as a small product of the kept probabilities with a (keys x 16)
-    indicator (column 0: every key, column 1: visual keys) instead of two row sums per block: the sums cross warps
-    (shared memory and a barrier each), the product stays in the tensor cores' layout. Column 1 of a sink row is
-    that head's visual-sink mass ``Vs``."""
+                HAS_BITS: tl.constexpr, TEST_NEW: tl.constexpr):
+    """Online softmax over keys [lo, hi). With VAR (``PARTS == 4``) each row keeps only its part's keys, so ``l_i``
+    is that part's mass (the class masses of ``WANT_MASS`` are taken before, over every key)."""
     for start_n in range(lo, hi, BLOCK_N):
         s, cls = block_scores(q, K_blk, skn, start_n, n_kv, offs_n, offs_d, d_ok, qpos, rows_ok, rows_ok,
                               CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, BITS_b, new_bit,
@@ -40,29 +38,24 @@ def _split_loop(acc, l_i, m_i, P, Vs, ps, mass, q, part, lo, hi, K_blk, V_blk, s
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(s - m_use[:, None])
         alpha = tl.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
         if WANT_MASS:
             mass = mass * alpha[:, None] + tl.dot(p, one_hot16(cls), input_precision="ieee")
+        if PARTS == 4:
+            sink = (cls & 2) != 0
+            vis = (cls & 1) != 0
+            key_part = tl.where(sink, tl.where(vis, 2, 1), tl.where(vis, 3, 0))
+            p = tl.where(part[:, None] == key_part[None, :], p, 0.0)
+        l_i = l_i * alpha + tl.sum(p, 1)
         v = load_v(V_blk, svn, start_n + offs_n, n_kv, offs_d, d_ok, HEAD_DIM, BLOCK_D, CHECK_N)
-        if PARTS == 3:
-            sink = ((cls & 2) != 0)[None, :]
-            vis = ((cls & 1) != 0)[None, :]
-            vns = vis & (~sink)
-            rest = (~sink) & (~vns)
-            take = ((part == 1)[:, None] & sink) | ((part == 2)[:, None] & vns) | ((part == 0)[:, None] & rest)
-            if SUMS_BY_DOT:
-                p = tl.where(take, p, 0.0)
-                c16 = tl.arange(0, 16)[None, :]
-                vis_k = ((cls & 1) != 0)[:, None]
-                ind = tl.where(c16 == 0, 1.0, tl.where((c16 == 1) & vis_k, 1.0, 0.0))
-                ps = pv_product(p, ind.to(v.dtype), ps * alpha[:, None], DOT_FP32)
-            else:
-                Vs = Vs * alpha + tl.sum(tl.where(sink & vis, p, 0.0), 1)
-                p = tl.where(take, p, 0.0)
-                P = P * alpha + tl.sum(p, 1)
         acc = pv_product(p, v, acc * alpha[:, None], DOT_FP32)
         m_i = m_new
-    return acc, l_i, m_i, P, Vs, ps, mass
+    return acc, l_i, m_i, mass
+
+
+@triton.jit
+def _head_sum(x, same, part, k: tl.constexpr):
+    """Per row: the sum of ``x`` over the rows of the same head in part ``k``."""
+    return tl.sum(tl.where(same & (part == k)[None, :], x[None, :], 0.0), 1)
 
 
 @triton.jit
@@ -74,11 +67,10 @@ def decode_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS, WS_O, WS_
                   SPLITS: tl.constexpr, PARTS: tl.constexpr, GROUP: tl.constexpr, HAS_MASK: tl.constexpr,
                   LOAD_CLS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr, HAS_HS: tl.constexpr,
                   WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr, DOT_FP32: tl.constexpr,
-                  BLOCK_S: tl.constexpr, FUSED_COMBINE: tl.constexpr, SUMS_BY_DOT: tl.constexpr,
-                  HAS_BITS: tl.constexpr, TEST_NEW: tl.constexpr, STRICT: tl.constexpr, BLOCK_HID: tl.constexpr,
+                  BLOCK_S: tl.constexpr, FUSED_COMBINE: tl.constexpr, HAS_BITS: tl.constexpr, TEST_NEW: tl.constexpr, STRICT: tl.constexpr, BLOCK_HID: tl.constexpr,
                   BLOCK_CH: tl.constexpr):
-    """Rows of the tile are (part, query head of the group): VAR's three value accumulators of a head become three
-    rows of one product, so VAR costs no extra matrix product and, for groups of up to five heads, no extra rows.
+    """Rows of the tile are (part, query head of the group): VAR's four value accumulators of a head become four
+    rows of one product, so VAR costs no extra matrix product and, for groups of up to four heads, no extra rows.
 
     ``HAS_BITS``: VAR's per-layer SINK bits come as their own row (``BITS``, from column ``bits_first``) and are
     OR-ed into the classes. ``TEST_NEW``: the new key's bit is decided here from the token's hidden state (``HID``)
@@ -125,37 +117,33 @@ def decode_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS, WS_O, WS_
                 tl.store(BITS_b + N - 1, new_bit)
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    zero = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     mass = tl.zeros([BLOCK_M, 16], dtype=tl.float32)
-    acc, l_i, m_i, P, Vs, ps, mass = _split_loop(
-        acc, zero, m_i, zero, zero, mass, mass, q, part, lo, mid, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
-        qpos, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, BITS_b, new_bit,
+    acc, l_i, m_i, mass = _split_loop(
+        acc, tl.zeros([BLOCK_M], dtype=tl.float32), m_i, mass, q, part, lo, mid, K_blk, V_blk, skn, svn, N, offs_n,
+        offs_d, d_ok, qpos, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, BITS_b, new_bit,
         HEAD_DIM, BLOCK_D, BLOCK_N, False, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, PARTS, GROUP, DOT_FP32, WANT_MASS,
-        SUMS_BY_DOT, HAS_BITS, TEST_NEW)
-    acc, l_i, m_i, P, Vs, ps, mass = _split_loop(
-        acc, l_i, m_i, P, Vs, ps, mass, q, part, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
+        HAS_BITS, TEST_NEW)
+    acc, l_i, m_i, mass = _split_loop(
+        acc, l_i, m_i, mass, q, part, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
         qpos, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, BITS_b, new_bit,
         HEAD_DIM, BLOCK_D, BLOCK_N, True, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, PARTS, GROUP, DOT_FP32, WANT_MASS,
-        SUMS_BY_DOT, HAS_BITS, TEST_NEW)
+        HAS_BITS, TEST_NEW)
 
-    if PARTS == 3 and SUMS_BY_DOT:
-        c16 = tl.arange(0, 16)[None, :]
-        P = tl.sum(tl.where(c16 == 0, ps, 0.0), 1)
-        vs_own = tl.sum(tl.where(c16 == 1, ps, 0.0), 1)
-        same_head = ((r[:, None] % G) == (r[None, :] % G)) & rows_ok[None, :] & (part == 1)[None, :]
-        Vs = tl.sum(tl.where(same_head, vs_own[None, :], 0.0), 1)
     if SPLITS == 1:
-        if PARTS == 3:
-            # Gather each head's part masses onto all of its rows, decide VAR per head, then fold the three part
+        if PARTS == 4:
+            # Gather each head's part masses onto all of its rows, decide VAR per head, then fold the four part
             # rows of every head into its first row with one small (BLOCK_M x BLOCK_M) weighting product.
             same = ((r[:, None] % G) == (r[None, :] % G)) & rows_ok[None, :]
-            S = tl.sum(tl.where(same & (part == 1)[None, :], P[None, :], 0.0), 1)
-            Vns = tl.sum(tl.where(same & (part == 2)[None, :], P[None, :], 0.0), 1)
+            p_sink_text = _head_sum(l_i, same, part, 1)
+            p_sink_vis = _head_sum(l_i, same, part, 2)
+            p_vns = _head_sum(l_i, same, part, 3)
+            l_i = _head_sum(l_i, same, part, 0) + p_sink_text + p_sink_vis + p_vns
             q_cls = tl.load(CLS_b + (N - 1) * scn).to(tl.int32)
             p_var = tl.load(VARP + b * svp_b + h_row * svp_h)
-            w_sink, w_vis = var_weights(l_i, S, Vs, Vns, (q_cls & 1) == 0, p_var, var_rho, var_min_mass)
-            w_row = tl.where(part == 1, w_sink, tl.where(part == 2, w_vis, 1.0))
+            w_sink, w_vis = var_weights(l_i, p_sink_text + p_sink_vis, p_sink_vis, p_vns, (q_cls & 1) == 0, p_var,
+                                        var_rho, var_min_mass)
+            w_row = tl.where(part == 0, 1.0, tl.where(part == 3, w_vis, w_sink))
             fold = tl.where(same & (r < G)[:, None], w_row[None, :], 0.0)
             acc = tl.dot(fold, acc, input_precision="ieee")
         out_ok = r < G
@@ -174,13 +162,10 @@ def decode_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS, WS_O, WS_
             tl.store(MASS + stat_row[:, None] * 16 + c[None, :], mass / l_safe[:, None], mask=out_ok[:, None])
     else:
         ws_row = (pid * SPLITS + split) * BLOCK_M + r
-        # Only the rows in use: with one head per kv head, 3 (VAR) or 1 of the tile's 16 rows.
+        # Only the rows in use: with one head per kv head, 4 (VAR) or 1 of the tile's 16 rows.
         tl.store(WS_O + ws_row[:, None] * BLOCK_D + offs_d[None, :], acc, mask=rows_ok[:, None])
         tl.store(WS_S + ws_row * 4, m_i, mask=rows_ok)
-        tl.store(WS_S + ws_row * 4 + 1, l_i, mask=rows_ok)
-        if PARTS == 3:
-            tl.store(WS_S + ws_row * 4 + 2, P, mask=rows_ok)
-            tl.store(WS_S + ws_row * 4 + 3, Vs, mask=rows_ok)
+        tl.store(WS_S + ws_row * 4 + 1, l_i, mask=rows_ok)  # with VAR, the row's part mass
         if WANT_MASS:
             c = tl.arange(0, 16)
             tl.store(WS_M + ws_row[:, None] * 16 + c[None, :], mass, mask=rows_ok[:, None])
@@ -219,20 +204,25 @@ def _combine_head(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, b, h, sob, soh,
     d_ok = offs_d < HEAD_DIM
     acc = tl.sum(w[:, None] * tl.load(WS_O + row0[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None],
                                       other=0.0, cache_modifier=".cg"), 0)
-    if PARTS == 3:
+    if PARTS == 4:
+        # rows of the other parts of this head: text sinks, visual sinks, visual non-sinks (same running max)
         row1 = row0 + G
         row2 = row1 + G
-        acc_s = tl.sum(w[:, None] * tl.load(WS_O + row1[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None],
+        row3 = row2 + G
+        acc_ts = tl.sum(w[:, None] * tl.load(WS_O + row1[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None],
+                                             other=0.0, cache_modifier=".cg"), 0)
+        acc_vs = tl.sum(w[:, None] * tl.load(WS_O + row2[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None],
+                                             other=0.0, cache_modifier=".cg"), 0)
+        acc_v = tl.sum(w[:, None] * tl.load(WS_O + row3[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None],
                                             other=0.0, cache_modifier=".cg"), 0)
-        acc_v = tl.sum(w[:, None] * tl.load(WS_O + row2[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None],
-                                            other=0.0, cache_modifier=".cg"), 0)
-        S = tl.sum(w * tl.load(WS_S + row1 * 4 + 2, mask=sp_ok, other=0.0, cache_modifier=".cg"), 0)
-        Vns = tl.sum(w * tl.load(WS_S + row2 * 4 + 2, mask=sp_ok, other=0.0, cache_modifier=".cg"), 0)
-        Vs = tl.sum(w * tl.load(WS_S + row0 * 4 + 3, mask=sp_ok, other=0.0, cache_modifier=".cg"), 0)
+        p_ts = tl.sum(w * tl.load(WS_S + row1 * 4 + 1, mask=sp_ok, other=0.0, cache_modifier=".cg"), 0)
+        p_vs = tl.sum(w * tl.load(WS_S + row2 * 4 + 1, mask=sp_ok, other=0.0, cache_modifier=".cg"), 0)
+        p_vns = tl.sum(w * tl.load(WS_S + row3 * 4 + 1, mask=sp_ok, other=0.0, cache_modifier=".cg"), 0)
+        l_i = l_i + p_ts + p_vs + p_vns
         q_cls = tl.load(CLS + b * scb + (N - 1) * scn).to(tl.int32)
         p_var = tl.load(VARP + b * svp_b + h * svp_h)
-        w_sink, w_vis = var_weights(l_i, S, Vs, Vns, (q_cls & 1) == 0, p_var, var_rho, var_min_mass)
-        acc = acc + w_sink * acc_s + w_vis * acc_v
+        w_sink, w_vis = var_weights(l_i, p_ts + p_vs, p_vs, p_vns, (q_cls & 1) == 0, p_var, var_rho, var_min_mass)
+        acc = acc + w_sink * (acc_ts + acc_vs) + w_vis * acc_v
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = acc / l_safe
     if HAS_HS:

@@ -23,6 +23,7 @@ from typing import Iterable
 import torch
 import triton
 
+from ._launch import DirectLaunch
 from ._tri_common import LOG2E_F
 from ._tri_decode import combine_kernel, decode_kernel, last_row_kernel
 from ._tri_fwd import fwd_kernel
@@ -55,6 +56,17 @@ else:
     # more (batch 8) only in pieces of at least 1024 keys for ~4 waves.
     DECODE_SPLIT = dict(min_keys=256, keys_per_split=128, waves=2, busy_keys_per_split=1024, busy_waves=4)
 
+# The two per-layer kernels launch without Triton's per-call binding once a call signature was seen (``_launch.py``).
+_decode_launch = DirectLaunch(decode_kernel, enabled=not INTERPRET)
+_fwd_launch = DirectLaunch(fwd_kernel, enabled=not INTERPRET)
+_OPTIONS = ("num_warps", "num_stages")
+
+
+def _split_cfg(cfg: dict) -> tuple[dict, dict]:
+    """A launch configuration as (constexpr block sizes, compile options)."""
+    return ({k: v for k, v in cfg.items() if k not in _OPTIONS}, {k: v for k, v in cfg.items() if k in _OPTIONS})
+
+
 # Every allocation goes through this name so tests can hand out NaN-filled buffers and catch unwritten elements.
 _empty = torch.empty
 _sm_count: dict = {}
@@ -69,11 +81,9 @@ _workspace: dict = {}
 _counters: dict = {}
 # Split decode merges its partial results in the last program to finish (one launch) instead of a combine launch.
 FUSED_COMBINE = True
-# VAR decode: part masses through a small tensor-core product rather than two cross-warp row sums per key block.
-DECODE_SUMS_BY_DOT = False
 
 
-_LAUNCH_CHOICES = ("CONFIGS", "DECODE_SPLIT", "VAR_LAUNCH", "FUSED_COMBINE", "DECODE_SUMS_BY_DOT")
+_LAUNCH_CHOICES = ("CONFIGS", "DECODE_SPLIT", "VAR_LAUNCH", "FUSED_COMBINE")
 
 
 @contextlib.contextmanager
@@ -277,7 +287,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
     if m == 1:
         cfg = CONFIGS[("decode", kind)]
         block_n = cfg["BLOCK_N"]
-        parts = 3 if var_p is not None else 1
+        parts = 4 if var_p is not None else 1  # VAR: one accumulator row per part of the keys (_tri_decode.py)
         block_m = max(16, _pow2(parts * group))
         splits, chunk = decode_splits(n, bsz * hkv, block_n, dev)
         fused = splits > 1 and FUSED_COMBINE
@@ -312,16 +322,19 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
                 shid_b = n_ch = hid_d = 0
                 threshold = eps2 = 0.0
                 strict = False
-        decode_kernel[(splits, bsz * hkv)](
-            q, k, v, out, *ptrs, ws_o, ws_s, ws_m, cnt, bits, hid, chans,
-            qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], m * hq * d, d, ms[0], ms[1], ms[3],
-            *cs, *lbs, *ams, *vps, *hss, sbits_b, shid_b,
-            qk_scale, rho, min_mass, threshold, eps2, n, hq, group, chunk, first, n_ch, hid_d,
-            HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=block_m, SPLITS=splits, PARTS=parts, GROUP=group,
-            DOT_FP32=dot_fp32, LOAD_CLS=load_cls or var_p is not None or sb is not None, BLOCK_S=block_s,
-            FUSED_COMBINE=fused, SUMS_BY_DOT=parts == 3 and DECODE_SUMS_BY_DOT, HAS_BITS=sb is not None,
-            TEST_NEW=test_new, STRICT=strict, BLOCK_HID=_pow2(hid_d) if test_new else 16,
-            BLOCK_CH=max(2, _pow2(n_ch)) if test_new else 2, **common, **cfg)
+        blocks, options = _split_cfg(cfg)
+        _decode_launch(
+            (splits, bsz * hkv),
+            (q, k, v, out, *ptrs, ws_o, ws_s, ws_m, cnt, bits, hid, chans,
+             qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], m * hq * d, d, ms[0], ms[1], ms[3],
+             *cs, *lbs, *ams, *vps, *hss, sbits_b, shid_b,
+             qk_scale, rho, min_mass, threshold, eps2, n, hq, group, chunk, first, n_ch, hid_d),
+            dict(HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=block_m, SPLITS=splits, PARTS=parts, GROUP=group,
+                 DOT_FP32=dot_fp32, LOAD_CLS=load_cls or var_p is not None or sb is not None, BLOCK_S=block_s,
+                 FUSED_COMBINE=fused, HAS_BITS=sb is not None,
+                 TEST_NEW=test_new, STRICT=strict, BLOCK_HID=_pow2(hid_d) if test_new else 16,
+                 BLOCK_CH=max(2, _pow2(n_ch)) if test_new else 2, **common, **blocks),
+            options)
         if splits > 1 and not fused:
             combine_kernel[(bsz * hq,)](
                 out, ptrs[1], ptrs[4], ptrs[5], ptrs[6], ptrs[7], ws_o, ws_s, ws_m,
@@ -330,23 +343,27 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
                 BLOCK_S=block_s, PARTS=parts, HAS_HS=hs is not None,
                 WANT_LSE=want_lse, WANT_MASS=want_mass, num_warps=4)
     else:
-        cfg = dict(CONFIGS[("fwd", kind)])
-        block_m = cfg["BLOCK_M"]
+        blocks, options = _split_cfg(CONFIGS[("fwd", kind)])
+        block_m = blocks["BLOCK_M"]
         pack = group if m * group <= block_m else 1
         grid = (triton.cdiv(m * pack, block_m), bsz * (hq // pack))
         args = (q, k, v, out, *ptrs,
                 qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], m * hq * d, hq * d, d,
                 *ms, *cs, *lbs, *ams, *vps, *hss, qk_scale, rho, min_mass, m, n, hq, group, amp_start)
-        kw = dict(HEAD_DIM=d, BLOCK_D=block_d, GROUP=pack, CAUSAL=mask is None, LOAD_CLS=load_cls,
-                  DOT_FP32=dot_fp32, **common, **cfg)
+
+        def launch(var_pass):
+            _fwd_launch(grid, args, dict(HEAD_DIM=d, BLOCK_D=block_d, GROUP=pack, CAUSAL=mask is None,
+                                         LOAD_CLS=load_cls, VAR_PASS=var_pass, DOT_FP32=dot_fp32, **common,
+                                         **blocks), options)
+
         if var_p is None:
-            fwd_kernel[grid](*args, VAR_PASS=0, **kw)
+            launch(0)
         elif VAR_LAUNCH == "one":
-            fwd_kernel[grid](*args, VAR_PASS=3, **kw)
+            launch(3)
         else:
             # Plain flash loop for tiles without VAR-eligible rows, then the VAR pass over the others.
-            fwd_kernel[grid](*args, VAR_PASS=1 if VAR_LAUNCH == "pair" else 0, **kw)
-            fwd_kernel[grid](*args, VAR_PASS=2, **kw)
+            launch(1 if VAR_LAUNCH == "pair" else 0)
+            launch(2)
 
     stats = {}
     if want:

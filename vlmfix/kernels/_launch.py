@@ -1,0 +1,65 @@
+"""Launching a ``@triton.jit`` kernel without Triton's per-call argument binding, when that is safe.
+
+``kernel[grid](*args, **constexprs)`` binds and specialises every argument on every call before it looks the compiled
+kernel up: for our ~60-argument kernels that is tens of microseconds of Python per layer and token, on a decode path
+that the host already paces. Which compiled kernel a call needs depends only on the constexpr values, the compile
+options and, per runtime argument, on what Triton specialises: a tensor's dtype and 16-byte alignment, an integer's
+being 1 or a multiple of 16 (a float is not specialised). ``DirectLaunch`` keys its own cache on exactly that: a call
+with a new key goes through Triton (which compiles or finds the kernel, launches it and returns it), later calls with
+the same key launch the compiled kernel directly through ``CompiledKernel[grid]``, Triton's own launcher for a
+compiled kernel (launch hooks included).
+
+If a direct launch raises, the kernel goes back to Triton's own path for good. Under ``TRITON_INTERPRET=1`` there is
+no compiled kernel: every call takes Triton's path.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_Tensor = torch.Tensor
+
+
+def specialisation(args: tuple) -> tuple:
+    """What Triton's compiled-kernel choice can depend on, per runtime argument (2 for an integer 1, which must not
+    compare equal to the True of a multiple of 16)."""
+    return tuple([(2 if a == 1 else a & 15 == 0) if type(a) is int
+                  else ((a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, _Tensor) else None) for a in args])
+
+
+class DirectLaunch:
+    """``launch(grid, args, constexprs, options)``: ``fn[grid](*args, **constexprs, **options)``, mostly without
+    Triton's binding. ``args`` are the runtime arguments in the kernel's order, ``constexprs`` every constexpr
+    parameter by name (the kernels declare their constexprs after all runtime arguments)."""
+
+    def __init__(self, fn, enabled: bool):
+        self.fn = fn
+        self.enabled = enabled
+        self._plans: dict = {}
+        self.n_runtime, self.constexpr_names = None, ()
+        if enabled:  # (the interpreter's functions carry no parameter list)
+            params = fn.params
+            self.n_runtime = sum(1 for p in params if not p.is_constexpr)
+            self.constexpr_names = tuple(p.name for p in params if p.is_constexpr)
+            if any(p.is_constexpr for p in params[:self.n_runtime]):
+                raise TypeError(f"{fn.__name__}: constexpr parameters must come after the runtime ones")
+
+    def __call__(self, grid, args: tuple, constexprs: dict, options: dict):
+        if not self.enabled:
+            return self.fn[grid](*args, **constexprs, **options)
+        if len(args) != self.n_runtime:
+            raise TypeError(f"{self.fn.__name__} takes {self.n_runtime} runtime arguments, got {len(args)}")
+        key = (tuple(constexprs.values()), tuple(constexprs), tuple(options.items()), specialisation(args))
+        plan = self._plans.get(key)
+        if plan is None:
+            compiled = self.fn[grid](*args, **constexprs, **options)
+            self._plans[key] = (compiled, tuple(constexprs[n] for n in self.constexpr_names))
+            return compiled
+        compiled, consts = plan
+        try:
+            compiled[grid](*args, *consts)
+        except Exception:  # an unexpected launcher of this Triton version: Triton's own path from now on
+            self.enabled = False
+            self._plans.clear()
+            return self.fn[grid](*args, **constexprs, **options)
+        return compiled
