@@ -250,6 +250,9 @@ def main():
                 decode(n, b, ("none", "var", "var_step", "all"), records)
     if args.sweep:
         sweep(records)
+    meta["direct_launch"] = {name: dict(enabled=launch.enabled, error=launch.error)
+                             for name, launch in (("decode", ta._decode_launch), ("forward", ta._fwd_launch))}
+    print("direct launch:", meta["direct_launch"], flush=True)
     main_records = [r for r in records if not r["phase"].startswith("sweep")]
     with open(os.path.join(args.out, "kernels_h200.json"), "w") as fh:
         json.dump(main_records, fh, indent=1)

@@ -18,6 +18,7 @@ class FakeCompiled:
 
     def __getitem__(self, grid):
         def runner(*args):
+            grid[0], grid[1], grid[2]  # Triton's runner reads three grid entries
             if self.fail:
                 raise TypeError("launcher expects other arguments")
             self.log.append(("direct", grid, args))
@@ -48,10 +49,10 @@ def test_repeat_signatures_launch_directly_with_constexprs_in_parameter_order():
     fn = FakeJit()
     launch = DirectLaunch(fn, enabled=True)
     x = torch.zeros(64)
-    launch((2, 1), (x, 32, 0.5), {"FLAG": True, "BLOCK": 16}, {"num_warps": 4})
-    launch((3, 1), (x, 48, 0.25), {"FLAG": True, "BLOCK": 16}, {"num_warps": 4})  # 48: also a multiple of 16
+    launch((2, 1, 1), (x, 32, 0.5), {"FLAG": True, "BLOCK": 16}, {"num_warps": 4})
+    launch((3, 1, 1), (x, 48, 0.25), {"FLAG": True, "BLOCK": 16}, {"num_warps": 4})  # 48: also a multiple of 16
     assert [e[0] for e in fn.log] == ["triton", "direct"]
-    assert fn.log[1] == ("direct", (3, 1), (x, 48, 0.25, 16, True))
+    assert fn.log[1] == ("direct", (3, 1, 1), (x, 48, 0.25, 16, True))
 
 
 @pytest.mark.parametrize("change", ["int_not_multiple_of_16", "int_one", "misaligned", "dtype", "constexpr",
@@ -61,7 +62,7 @@ def test_anything_triton_specialises_on_selects_its_own_compiled_kernel(change):
     launch = DirectLaunch(fn, enabled=True)
     x = torch.zeros(64)
     args, consts, opts = (x, 32, 0.5), {"BLOCK": 16, "FLAG": True}, {"num_warps": 4}
-    launch((1,), args, consts, opts)
+    launch((1, 1, 1), args, consts, opts)
     if change == "int_not_multiple_of_16":
         args = (x, 33, 0.5)
     elif change == "int_one":
@@ -74,7 +75,7 @@ def test_anything_triton_specialises_on_selects_its_own_compiled_kernel(change):
         consts = {"BLOCK": 32, "FLAG": True}
     else:
         opts = {"num_warps": 8}
-    launch((1,), args, consts, opts)
+    launch((1, 1, 1), args, consts, opts)
     assert [e[0] for e in fn.log] == ["triton", "triton"]
 
 
@@ -83,8 +84,9 @@ def test_a_failing_direct_launch_falls_back_to_triton_for_good():
     launch = DirectLaunch(fn, enabled=True)
     x = torch.zeros(64)
     for _ in range(3):
-        launch((1,), (x, 32, 0.5), {"BLOCK": 16, "FLAG": False}, {})
+        launch((1, 1, 1), (x, 32, 0.5), {"BLOCK": 16, "FLAG": False}, {})
     assert [e[0] for e in fn.log] == ["triton", "triton", "triton"] and not launch.enabled
+    assert "launcher expects other arguments" in launch.error
 
 
 def test_disabled_and_misdeclared_kernels():
@@ -92,11 +94,13 @@ def test_disabled_and_misdeclared_kernels():
     launch = DirectLaunch(fn, enabled=False)  # the interpreter
     x = torch.zeros(64)
     for _ in range(2):
-        launch((1,), (x, 32, 0.5), {"BLOCK": 16, "FLAG": False}, {})
+        launch((1, 1, 1), (x, 32, 0.5), {"BLOCK": 16, "FLAG": False}, {})
     assert [e[0] for e in fn.log] == ["triton", "triton"]
     bad = FakeJit()
     bad.params = [SimpleNamespace(name="B", is_constexpr=True), SimpleNamespace(name="X", is_constexpr=False)]
     with pytest.raises(TypeError, match="constexpr parameters must come after"):
         DirectLaunch(bad, enabled=True)
     with pytest.raises(TypeError, match="takes 3 runtime arguments"):
-        DirectLaunch(FakeJit(), enabled=True)((1,), (x, 32), {"BLOCK": 16, "FLAG": False}, {})
+        DirectLaunch(FakeJit(), enabled=True)((1, 1, 1), (x, 32), {"BLOCK": 16, "FLAG": False}, {})
+    with pytest.raises(ValueError, match="three entries"):
+        DirectLaunch(FakeJit(), enabled=True)((1, 1), (x, 32, 0.5), {"BLOCK": 16, "FLAG": False}, {})

@@ -29,12 +29,14 @@ def specialisation(args: tuple) -> tuple:
 
 class DirectLaunch:
     """``launch(grid, args, constexprs, options)``: ``fn[grid](*args, **constexprs, **options)``, mostly without
-    Triton's binding. ``args`` are the runtime arguments in the kernel's order, ``constexprs`` every constexpr
-    parameter by name (the kernels declare their constexprs after all runtime arguments)."""
+    Triton's binding. ``grid`` has three entries (a compiled kernel's launcher reads all three), ``args`` are the
+    runtime arguments in the kernel's order, ``constexprs`` every constexpr parameter by name (the kernels declare
+    their constexprs after all runtime arguments)."""
 
     def __init__(self, fn, enabled: bool):
         self.fn = fn
         self.enabled = enabled
+        self.error = None  # why the direct path was given up, if it was
         self._plans: dict = {}
         self.n_runtime, self.constexpr_names = None, ()
         if enabled:  # (the interpreter's functions carry no parameter list)
@@ -49,6 +51,8 @@ class DirectLaunch:
             return self.fn[grid](*args, **constexprs, **options)
         if len(args) != self.n_runtime:
             raise TypeError(f"{self.fn.__name__} takes {self.n_runtime} runtime arguments, got {len(args)}")
+        if len(grid) != 3:
+            raise ValueError(f"grid must have three entries, got {grid}")
         key = (tuple(constexprs.values()), tuple(constexprs), tuple(options.items()), specialisation(args))
         plan = self._plans.get(key)
         if plan is None:
@@ -58,8 +62,9 @@ class DirectLaunch:
         compiled, consts = plan
         try:
             compiled[grid](*args, *consts)
-        except Exception:  # an unexpected launcher of this Triton version: Triton's own path from now on
+        except Exception as exc:  # an unexpected launcher of this Triton version: Triton's own path from now on
             self.enabled = False
+            self.error = f"{type(exc).__name__}: {exc}"
             self._plans.clear()
             return self.fn[grid](*args, **constexprs, **options)
         return compiled

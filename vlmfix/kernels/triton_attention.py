@@ -324,7 +324,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
                 strict = False
         blocks, options = _split_cfg(cfg)
         _decode_launch(
-            (splits, bsz * hkv),
+            (splits, bsz * hkv, 1),
             (q, k, v, out, *ptrs, ws_o, ws_s, ws_m, cnt, bits, hid, chans,
              qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], m * hq * d, d, ms[0], ms[1], ms[3],
              *cs, *lbs, *ams, *vps, *hss, sbits_b, shid_b,
@@ -346,7 +346,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
         blocks, options = _split_cfg(CONFIGS[("fwd", kind)])
         block_m = blocks["BLOCK_M"]
         pack = group if m * group <= block_m else 1
-        grid = (triton.cdiv(m * pack, block_m), bsz * (hq // pack))
+        grid = (triton.cdiv(m * pack, block_m), bsz * (hq // pack), 1)
         args = (q, k, v, out, *ptrs,
                 qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], m * hq * d, hq * d, d,
                 *ms, *cs, *lbs, *ams, *vps, *hss, qk_scale, rho, min_mass, m, n, hq, group, amp_start)
