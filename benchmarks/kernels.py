@@ -216,6 +216,45 @@ def sweep(records):
         records.extend(_tag(rec, overrides))
 
 
+def markdown(records, meta) -> str:
+    """The readable table of a run (written beside the JSON)."""
+    out = [f"# Kernel benchmark: {meta['gpu']}", "",
+           "Reproduce (repository root, one H200):", "", "```",
+           "python benchmarks/kernels.py --sweep --out DIR   # DIR/kernels_h200.{json,md} (+ kernels_h200_all.json)",
+           "python benchmarks/gpu_check.py --out DIR        # correctness at full sizes: DIR/gpu_check.txt", "```", "",
+           "| | |", "|---|---|"]
+    for key in ("command", "date", "torch", "triton", "direct_launch"):
+        if key in meta:
+            out.append(f"| {key} | `{meta[key]}` |")
+    out.append(f"| launch configs | `{meta['configs']}`; decode split `{meta['decode_split']}`; "
+               f"VAR_LAUNCH `{meta['var_launch']}`; FUSED_COMBINE `{meta['fused_combine']}` |")
+    out += ["", "Workload: bf16, 32 query heads = 32 kv heads, head_dim 128; causal prefill at batch 1, decode of one "
+            "token against N cached keys at batch 1 and 8. Methods: see the docstring of `benchmarks/kernels.py` "
+            "(`var_step` = VAR as a generation step runs it: SINK bits in their own buffer, the new token's sink "
+            "test inside the kernel). `ms`: medians of `triton.testing.do_bench` (prefill) or of CUDA-graph replays "
+            "(decode); ours and SDPA alternate, two rounds. `GPU ms` (prefill, N = 640): CUDA-graph replay, no host "
+            "time. `wrapper µs`: host time per call in a tight loop.", "",
+            "| phase | N | batch | method | ours ms | SDPA ms (backend) | ratio | bar | GPU ms ours / SDPA | "
+            "wrapper µs ours / SDPA |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        if r["phase"].startswith("sweep"):
+            continue
+        bar = BARS.get((r["phase"], r["method"]))
+        verdict = "—" if bar is None else f"≤ {bar} " + ("✅" if r["ratio"] <= bar else "❌")
+        gpu = (f"{r['graph_ms']:.4f} / {r['sdpa_graph_ms']:.4f}" if "graph_ms" in r else "—")
+        out.append(f"| {r['phase']} | {r['n']} | {r['batch']} | {r['method']} | {r['ms']:.4f} | {r['sdpa_ms']:.4f} "
+                   f"({r['sdpa_backend']}) | {r['ratio']:.2f} | {verdict} | {gpu} | {r['wrapper_us']:.0f} / "
+                   f"{r['sdpa_wrapper_us']:.0f} |")
+    sweep_rows = [r for r in records if r["phase"].startswith("sweep")]
+    if sweep_rows:
+        out += ["", "## Sweep (same run: alternatives to the defaults)", "",
+                "| phase | N | batch | method | config | ours ms | SDPA ms | ratio |", "|---|---|---|---|---|---|---|---|"]
+        for r in sweep_rows:
+            out.append(f"| {r['phase'][6:]} | {r['n']} | {r['batch']} | {r['method']} | `{r['config']}` | "
+                       f"{r['ms']:.4f} | {r['sdpa_ms']:.4f} | {r['ratio']:.2f} |")
+    return "\n".join(out) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
@@ -256,6 +295,8 @@ def main():
     main_records = [r for r in records if not r["phase"].startswith("sweep")]
     with open(os.path.join(args.out, "kernels_h200.json"), "w") as fh:
         json.dump(main_records, fh, indent=1)
+    with open(os.path.join(args.out, "kernels_h200.md"), "w") as fh:
+        fh.write(markdown(records, meta))
     if args.sweep:
         with open(os.path.join(args.out, "kernels_h200_all.json"), "w") as fh:
             json.dump(dict(meta=meta, records=records), fh, indent=1)
