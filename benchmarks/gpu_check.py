@@ -204,6 +204,7 @@ def sink_bit_cases():
     out.append((1, 28, 4, 1, 700, 128, bf, "all", False, {}, 3584))  # Qwen2-VL-7B
     out.append((3, 32, 8, 1, 2900, 128, bf, "all", True, {}, 4096))
     out.append((1, 32, 8, 1, 2900, 128, torch.float32, "var", False, {}, 4096))
+    out.append((1, 32, 32, 1, 2900, 128, bf, "var", False, dict(DECODE_PREFETCH_CLS=True), 4096))
     return out
 
 
@@ -222,6 +223,8 @@ def variants(quick: bool):
                 out.append((1, 32, 8, 1, n, 128, bf, method, False, dict(DECODE_SPLIT=split, FUSED_COMBINE=fused)))
         out.append((3, 32, 8, 1, 2900, 128, bf, "all", True, dict(DECODE_SPLIT=split, FUSED_COMBINE=fused)))
         out.append((8, 28, 4, 1, 700, 128, bf, "all", False, dict(DECODE_SPLIT=split, FUSED_COMBINE=fused)))
+    for n, b, hq, hkv in ((640, 1, 32, 8), (2900, 1, 32, 32), (700, 8, 28, 4), (8192, 3, 32, 8)):
+        out.append((b, hq, hkv, 1, n, 128, bf, "all", b == 3, dict(DECODE_PREFETCH_CLS=True)))
     return out
 
 

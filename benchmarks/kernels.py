@@ -194,6 +194,7 @@ def _tag(rec, config):
 SWEEP = [
     (dict(VAR_LAUNCH="pair"), "prefill", (640, 2900, 8192), (1,), ("var", "all")),
     (dict(FUSED_COMBINE=False), "decode", (2900, 8192), (1,), ("none", "var")),
+    (dict(DECODE_PREFETCH_CLS=True), "decode", (640, 2900, 8192), (1, 8), ("var", "var_step", "all")),
     (dict(DECODE_SPLIT=dict(min_keys=1024, keys_per_split=256, waves=2, busy_keys_per_split=256, busy_waves=2)),
      "decode", (640, 2900), (1, 8), ("none", "var")),
 ]
@@ -248,7 +249,8 @@ def markdown(records, meta) -> str:
     sweep_rows = [r for r in records if r["phase"].startswith("sweep")]
     if sweep_rows:
         out += ["", "## Sweep (same run: alternatives to the defaults)", "",
-                "| phase | N | batch | method | config | ours ms | SDPA ms | ratio |", "|---|---|---|---|---|---|---|---|"]
+                "| phase | N | batch | method | config | ours ms | SDPA ms | ratio |",
+                "|---|---|---|---|---|---|---|---|"]
         for r in sweep_rows:
             out.append(f"| {r['phase'][6:]} | {r['n']} | {r['batch']} | {r['method']} | `{r['config']}` | "
                        f"{r['ms']:.4f} | {r['sdpa_ms']:.4f} | {r['ratio']:.2f} |")

@@ -211,8 +211,10 @@ def test_var_decode_both_branches_across_batch():
     check(q, k, v, scale=0.125, params=params)
 
 
+@pytest.mark.parametrize("prefetch", [False, True])
 @pytest.mark.parametrize("splits", ["one", "many", "many-separate-combine"])
-def test_decode_split_paths(monkeypatch, splits):
+def test_decode_split_paths(monkeypatch, splits, prefetch):
+    monkeypatch.setattr(ta, "DECODE_PREFETCH_CLS", prefetch)
     if splits == "one":
         monkeypatch.setitem(ta.DECODE_SPLIT, "min_keys", 10 ** 9)
     monkeypatch.setattr(ta, "FUSED_COMBINE", splits != "many-separate-combine")
@@ -437,12 +439,13 @@ def _sink_bits_case(gen, b, hq, hkv, m, n, dtype, first, hidden_size=48, channel
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("splits", ["one", "many"])
+@pytest.mark.parametrize("splits", ["one", "many", "many-prefetch"])
 @pytest.mark.parametrize("first,strict", [(0, False), (3, True)])
 def test_decode_tests_the_new_key_and_records_its_sink_bit(monkeypatch, dtype, splits, first, strict):
     """A decode step with ``SinkBits.hidden``: the kernel decides the new key's SINK bit from the hidden state (the
     paper's phi >= tau), uses it, and writes it into the layer's buffer; everything else equals the reference run
     with the same bits OR-ed into the classes by hand."""
+    monkeypatch.setattr(ta, "DECODE_PREFETCH_CLS", splits == "many-prefetch")
     if splits == "one":
         monkeypatch.setitem(ta.DECODE_SPLIT, "min_keys", 10 ** 9)
     gen = torch.Generator().manual_seed(21 + first)

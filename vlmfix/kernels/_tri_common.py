@@ -15,17 +15,18 @@ LN2 = tl.constexpr(LN2_F)
 
 @triton.jit
 def block_scores(q, K_blk, skn, start_n, n_kv, offs_n, offs_d, d_ok, qpos, is_last, rows_ok,
-                 CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, BITS_b, new_bit,
+                 CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, BITS_b, new_bit, cls_in,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CHECK_N: tl.constexpr, CAUSAL: tl.constexpr,
                  HAS_MASK: tl.constexpr, LOAD_CLS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr,
                  GROUP: tl.constexpr, DOT_FP32: tl.constexpr, HAS_BITS: tl.constexpr,
-                 TEST_NEW: tl.constexpr):
+                 TEST_NEW: tl.constexpr, CLS_GIVEN: tl.constexpr):
     """Base-2 scores of one (rows x BLOCK_N) block with every pre-softmax effect and mask applied.
 
     Returns the scores and the key classes (zeros when not loaded). ``GROUP == 1``
     means all rows share one head, so the per-key table gathers are 1-D; otherwise rows carry their own head and the
     gather is 2-D. ``HAS_BITS``: the classes are OR-ed with a separate per-key bit row (VAR's per-layer SINK bits),
     whose last key's bit is ``new_bit`` when ``TEST_NEW`` (the decode kernel decided it; memory may not hold it yet).
+    ``CLS_GIVEN``: the caller loaded the block's classes (bits included) already, as ``cls_in`` (a prefetch).
     """
     keys = start_n + offs_n
     n_ok = keys < n_kv
@@ -46,14 +47,16 @@ def block_scores(q, K_blk, skn, start_n, n_kv, offs_n, offs_d, d_ok, qpos, is_la
         s = tl.dot(q, tl.trans(k))
     s = s * qk_scale
 
-    if LOAD_CLS:
+    if CLS_GIVEN:
+        cls = cls_in
+    elif LOAD_CLS:
         if CHECK_N:
             cls = tl.load(CLS_b + keys * scn, mask=n_ok, other=0).to(tl.int32)
         else:
             cls = tl.load(CLS_b + keys * scn).to(tl.int32)
     else:
         cls = tl.zeros([offs_n.shape[0]], dtype=tl.int32)
-    if HAS_BITS:
+    if HAS_BITS and not CLS_GIVEN:
         if CHECK_N:
             bits = tl.load(BITS_b + keys, mask=n_ok, other=0)
         else:
@@ -84,9 +87,28 @@ def block_scores(q, K_blk, skn, start_n, n_kv, offs_n, offs_d, d_ok, qpos, is_la
 
 
 @triton.jit
+def key_classes(CLS_b, scn, BITS_b, new_bit, keys, n_kv, LOAD_CLS: tl.constexpr, HAS_BITS: tl.constexpr,
+                TEST_NEW: tl.constexpr):
+    """The classes of ``keys`` (0 past ``n_kv``) as ``block_scores`` computes them: a load that can be issued one key
+    block ahead of its use."""
+    n_ok = keys < n_kv
+    if LOAD_CLS:
+        cls = tl.load(CLS_b + keys * scn, mask=n_ok, other=0).to(tl.int32)
+    else:
+        cls = tl.zeros([keys.shape[0]], dtype=tl.int32)
+    if HAS_BITS:
+        bits = tl.load(BITS_b + keys, mask=n_ok, other=0)
+        if TEST_NEW:
+            bits = tl.where(keys == n_kv - 1, new_bit, bits)
+        cls = cls | bits
+    return cls
+
+
+@triton.jit
 def new_key_sink_bit(HID_row, CH, n_ch, hid_d, threshold, eps2, BLOCK_HID: tl.constexpr, BLOCK_CH: tl.constexpr,
                      STRICT: tl.constexpr):
-    """SINK (2) or 0 for one hidden row: ``(max_c |h_c| * threshold)^2 >= ||h||^2 + eps2`` in fp32 (``reference.SinkBits``)."""
+    """SINK (2) or 0 for one hidden row: ``(max_c |h_c| * threshold)^2 >= ||h||^2 + eps2`` in fp32
+    (``reference.SinkBits``)."""
     offs = tl.arange(0, BLOCK_HID)
     x = tl.load(HID_row + offs, mask=offs < hid_d, other=0.0).to(tl.float32)
     ss = tl.sum(x * x, 0)

@@ -17,23 +17,31 @@ splits are merged), and the four accumulators are folded with VAR's weights (1, 
 import triton
 import triton.language as tl
 
-from ._tri_common import LOG2E, LN2, block_scores, load_v, new_key_sink_bit, one_hot16, pv_product, var_weights
+from ._tri_common import (LOG2E, LN2, block_scores, key_classes, load_v, new_key_sink_bit, one_hot16, pv_product,
+                          var_weights)
 
 
 @triton.jit
-def _split_loop(acc, l_i, m_i, mass, q, part, lo, hi, K_blk, V_blk, skn, svn, n_kv, offs_n, offs_d, d_ok,
+def _split_loop(acc, l_i, m_i, mass, cls_next, q, part, lo, hi, K_blk, V_blk, skn, svn, n_kv, offs_n, offs_d, d_ok,
                 qpos, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, BITS_b, new_bit,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHECK_N: tl.constexpr,
                 HAS_MASK: tl.constexpr, LOAD_CLS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr,
                 PARTS: tl.constexpr, GROUP: tl.constexpr, DOT_FP32: tl.constexpr, WANT_MASS: tl.constexpr,
-                HAS_BITS: tl.constexpr, TEST_NEW: tl.constexpr):
+                HAS_BITS: tl.constexpr, TEST_NEW: tl.constexpr, PREFETCH_CLS: tl.constexpr):
     """Online softmax over keys [lo, hi). With VAR (``PARTS == 4``) each row keeps only its part's keys, so ``l_i``
-    is that part's mass (the class masses of ``WANT_MASS`` are taken before, over every key)."""
+    is that part's mass (the class masses of ``WANT_MASS`` are taken before, over every key).
+
+    ``PREFETCH_CLS``: each iteration issues the next key block's class load (``cls_next``, carried in and out) before
+    this block's work, so its latency overlaps the block instead of preceding the block's score effects."""
     for start_n in range(lo, hi, BLOCK_N):
+        cls_now = cls_next
+        if PREFETCH_CLS:
+            cls_next = key_classes(CLS_b, scn, BITS_b, new_bit, start_n + BLOCK_N + offs_n, n_kv, LOAD_CLS, HAS_BITS,
+                                   TEST_NEW)
         s, cls = block_scores(q, K_blk, skn, start_n, n_kv, offs_n, offs_d, d_ok, qpos, rows_ok, rows_ok,
-                              CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, BITS_b, new_bit,
+                              CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, BITS_b, new_bit, cls_now,
                               HEAD_DIM, BLOCK_D, CHECK_N, False, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP,
-                              DOT_FP32, HAS_BITS, TEST_NEW)
+                              DOT_FP32, HAS_BITS, TEST_NEW, PREFETCH_CLS)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(s - m_use[:, None])
@@ -49,7 +57,7 @@ def _split_loop(acc, l_i, m_i, mass, q, part, lo, hi, K_blk, V_blk, skn, svn, n_
         v = load_v(V_blk, svn, start_n + offs_n, n_kv, offs_d, d_ok, HEAD_DIM, BLOCK_D, CHECK_N)
         acc = pv_product(p, v, acc * alpha[:, None], DOT_FP32)
         m_i = m_new
-    return acc, l_i, m_i, mass
+    return acc, l_i, m_i, mass, cls_next
 
 
 @triton.jit
@@ -67,8 +75,9 @@ def decode_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS, WS_O, WS_
                   SPLITS: tl.constexpr, PARTS: tl.constexpr, GROUP: tl.constexpr, HAS_MASK: tl.constexpr,
                   LOAD_CLS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr, HAS_HS: tl.constexpr,
                   WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr, DOT_FP32: tl.constexpr,
-                  BLOCK_S: tl.constexpr, FUSED_COMBINE: tl.constexpr, HAS_BITS: tl.constexpr, TEST_NEW: tl.constexpr, STRICT: tl.constexpr, BLOCK_HID: tl.constexpr,
-                  BLOCK_CH: tl.constexpr):
+                  BLOCK_S: tl.constexpr, FUSED_COMBINE: tl.constexpr, HAS_BITS: tl.constexpr,
+                  TEST_NEW: tl.constexpr, STRICT: tl.constexpr, BLOCK_HID: tl.constexpr, BLOCK_CH: tl.constexpr,
+                  PREFETCH_CLS: tl.constexpr):
     """Rows of the tile are (part, query head of the group): VAR's four value accumulators of a head become four
     rows of one product, so VAR costs no extra matrix product and, for groups of up to four heads, no extra rows.
 
@@ -119,16 +128,20 @@ def decode_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS, WS_O, WS_
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     mass = tl.zeros([BLOCK_M, 16], dtype=tl.float32)
-    acc, l_i, m_i, mass = _split_loop(
-        acc, tl.zeros([BLOCK_M], dtype=tl.float32), m_i, mass, q, part, lo, mid, K_blk, V_blk, skn, svn, N, offs_n,
-        offs_d, d_ok, qpos, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, BITS_b, new_bit,
+    if PREFETCH_CLS:
+        cls_next = key_classes(CLS_b, scn, BITS_b, new_bit, lo + offs_n, N, LOAD_CLS, HAS_BITS, TEST_NEW)
+    else:
+        cls_next = offs_n  # unused
+    acc, l_i, m_i, mass, cls_next = _split_loop(
+        acc, tl.zeros([BLOCK_M], dtype=tl.float32), m_i, mass, cls_next, q, part, lo, mid, K_blk, V_blk, skn, svn, N,
+        offs_n, offs_d, d_ok, qpos, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, BITS_b, new_bit,
         HEAD_DIM, BLOCK_D, BLOCK_N, False, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, PARTS, GROUP, DOT_FP32, WANT_MASS,
-        HAS_BITS, TEST_NEW)
-    acc, l_i, m_i, mass = _split_loop(
-        acc, l_i, m_i, mass, q, part, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
+        HAS_BITS, TEST_NEW, PREFETCH_CLS)
+    acc, l_i, m_i, mass, cls_next = _split_loop(
+        acc, l_i, m_i, mass, cls_next, q, part, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
         qpos, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, BITS_b, new_bit,
         HEAD_DIM, BLOCK_D, BLOCK_N, True, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, PARTS, GROUP, DOT_FP32, WANT_MASS,
-        HAS_BITS, TEST_NEW)
+        HAS_BITS, TEST_NEW, PREFETCH_CLS)
 
     if SPLITS == 1:
         if PARTS == 4:

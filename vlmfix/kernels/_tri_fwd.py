@@ -26,9 +26,9 @@ def _attend(acc, l_i, m_i, mass, S, Vs, Vns, q, lo, hi, K_blk, V_blk, skn, svn, 
     masses VAR decides on (three masked row sums per block, sharing the running max)."""
     for start_n in range(lo, hi, BLOCK_N):
         s, cls = block_scores(q, K_blk, skn, start_n, n_kv, offs_n, offs_d, d_ok, qpos, is_last, rows_ok,
-                              CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, CLS_b, 0,
+                              CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, CLS_b, 0, 0,
                               HEAD_DIM, BLOCK_D, CHECK_N, CAUSAL, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP,
-                              DOT_FP32, False, False)
+                              DOT_FP32, False, False, False)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(s - m_use[:, None])
@@ -66,9 +66,9 @@ def _var_fixup(acc, m_use, c_sink, c_rest, q, lo, hi, K_blk, V_blk, skn, svn, n_
         special = ((c & 2) != 0) | ((c & 1) == 0)
         if tl.sum(special.to(tl.int32), 0) > 0:
             s, cls = block_scores(q, K_blk, skn, start_n, n_kv, offs_n, offs_d, d_ok, qpos, is_last, rows_ok,
-                                  CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, CLS_b, 0,
+                                  CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, CLS_b, 0, 0,
                                   HEAD_DIM, BLOCK_D, CHECK_N, CAUSAL, HAS_MASK, True, HAS_BIAS, HAS_AMP, GROUP,
-                                  DOT_FP32, False, False)
+                                  DOT_FP32, False, False, False)
             sink = ((cls & 2) != 0)[None, :]
             vis = ((cls & 1) != 0)[None, :]
             coef = tl.where(sink, c_sink[:, None], tl.where(vis, 0.0, c_rest[:, None]))

@@ -81,9 +81,11 @@ _workspace: dict = {}
 _counters: dict = {}
 # Split decode merges its partial results in the last program to finish (one launch) instead of a combine launch.
 FUSED_COMBINE = True
+# Decode with key classes: load the next key block's classes one iteration ahead (not yet timed on a GPU: off).
+DECODE_PREFETCH_CLS = False
 
 
-_LAUNCH_CHOICES = ("CONFIGS", "DECODE_SPLIT", "VAR_LAUNCH", "FUSED_COMBINE")
+_LAUNCH_CHOICES = ("CONFIGS", "DECODE_SPLIT", "VAR_LAUNCH", "FUSED_COMBINE", "DECODE_PREFETCH_CLS")
 
 
 @contextlib.contextmanager
@@ -323,6 +325,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
                 threshold = eps2 = 0.0
                 strict = False
         blocks, options = _split_cfg(cfg)
+        load_cls_any = load_cls or var_p is not None or sb is not None
         _decode_launch(
             (splits, bsz * hkv, 1),
             (q, k, v, out, *ptrs, ws_o, ws_s, ws_m, cnt, bits, hid, chans,
@@ -330,10 +333,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
              *cs, *lbs, *ams, *vps, *hss, sbits_b, shid_b,
              qk_scale, rho, min_mass, threshold, eps2, n, hq, group, chunk, first, n_ch, hid_d),
             dict(HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=block_m, SPLITS=splits, PARTS=parts, GROUP=group,
-                 DOT_FP32=dot_fp32, LOAD_CLS=load_cls or var_p is not None or sb is not None, BLOCK_S=block_s,
+                 DOT_FP32=dot_fp32, LOAD_CLS=load_cls_any, BLOCK_S=block_s,
                  FUSED_COMBINE=fused, HAS_BITS=sb is not None,
                  TEST_NEW=test_new, STRICT=strict, BLOCK_HID=_pow2(hid_d) if test_new else 16,
-                 BLOCK_CH=max(2, _pow2(n_ch)) if test_new else 2, **common, **blocks),
+                 BLOCK_CH=max(2, _pow2(n_ch)) if test_new else 2, PREFETCH_CLS=DECODE_PREFETCH_CLS and load_cls_any,
+                 **common, **blocks),
             options)
         if splits > 1 and not fused:
             combine_kernel[(bsz * hq,)](
