@@ -4,6 +4,8 @@ dual-stream's local/summary tokens from CLS attention of an eager vision tower."
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -75,6 +77,39 @@ def test_var_decode_sink_bits_are_phi_of_each_generated_token(monkeypatch, backe
         assert not (key_class[layer] & SINK).any()  # the bits travel beside the shared classes
         generated = phi[:, prompt:] >= cfg.tau
         assert generated.any() and not generated.all(), layer  # meaningful only with both kinds of decode tokens
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_var_sink_bits_of_multi_token_and_single_token_cached_steps(backend):
+    """A cached forward of several new tokens tests them on the host (``SinkBitWriter``), a one-token step leaves it
+    to the kernel; both record phi >= tau of the state entering each layer."""
+    t = BUILDERS["llava"]()
+    inputs = t.inputs(((3, 4), (1, 2)))
+    cfg = vlmfix.VAR(sink_dims=(0, 1, 2), tau=1.5, rho=0.2, min_visual_mass=0.05)
+    g = torch.Generator().manual_seed(3)
+    states = []
+    # the cache argument was renamed in newer transformers
+    cache_kw = "cache" if "cache" in inspect.signature(type(t.model).forward).parameters else "past_key_values"
+    with vlmfix.patched(t.model, cfg, backend=backend), torch.no_grad():
+        runtime = _runtime(t.model, "VarRuntime")
+        out = t.model(**inputs, use_cache=True, output_hidden_states=True)
+        states.append(out.hidden_states)
+        ids, att = inputs["input_ids"], inputs["attention_mask"]
+        for n_new in (3, 1, 2, 1):
+            new = torch.randint(3, 200, (ids.shape[0], n_new), generator=g)
+            att = torch.cat([att, torch.ones_like(new)], 1)
+            out = t.model(input_ids=new, attention_mask=att, use_cache=True, output_hidden_states=True,
+                          **{cache_kw: out.past_key_values})
+            states.append(out.hidden_states)
+            ids = torch.cat([ids, new], 1)
+        layers = cfg.resolve_layers(len(t.model.get_decoder().layers))
+        sinks = {layer: runtime.sink_mask(layer) for layer in layers}
+    for layer in layers:
+        x = torch.cat([step[layer] for step in states], dim=1).double()
+        phi = (x[..., list(cfg.sink_dims)].abs() / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()).amax(-1)
+        assert torch.equal(sinks[layer], phi >= cfg.tau), layer
+        late = phi[:, inputs["input_ids"].shape[1]:] >= cfg.tau
+        assert late.any() and not late.all(), layer
 
 
 def _twin_batch(t, rows, seed):

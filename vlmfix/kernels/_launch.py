@@ -15,6 +15,8 @@ no compiled kernel: every call takes Triton's path.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 _Tensor = torch.Tensor
@@ -66,5 +68,7 @@ class DirectLaunch:
             self.enabled = False
             self.error = f"{type(exc).__name__}: {exc}"
             self._plans.clear()
+            warnings.warn(f"vlmfix: launching {self.fn.__name__} directly failed ({self.error}); using Triton's "
+                          "slower launch path from now on", RuntimeWarning, stacklevel=2)
             return self.fn[grid](*args, **constexprs, **options)
         return compiled
