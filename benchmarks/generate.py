@@ -1,6 +1,7 @@
 """End-to-end ``generate`` speed and peak memory of patched VLMs against vanilla SDPA and eager attention.
 
-    python benchmarks/generate.py [--models llava,qwen2_vl] [--batches 1,8] [--repeats 5] [--out benchmarks/results]
+    python benchmarks/generate.py [--models llava,qwen2_vl] [--batches 1,8] [--repeats 5] [--reference-repeats 2]
+                                  [--out benchmarks/results]
                                   [--backends triton,torch] [--budget-s SECONDS] [--merge] [--quick] [--device cpu|cuda]
 
 Models are built from their configs with random bf16 weights directly on the device (no download, no init cost):
@@ -64,6 +65,7 @@ from vlmfix.heads.sinks import sink_scores  # noqa: E402
 BARS = {"default": 0.90, "vhr_exact": 0.85}
 MEM_BAR = 1.05
 METHODS = ("var", "vhr_fused", "vhr_exact", "dual_stream", "all")
+REFERENCE_PHASE = "eager + torch reference"
 T0 = time.perf_counter()
 
 
@@ -304,6 +306,7 @@ class Runner:
         self.device = device
         self.cuda = device.type == "cuda"
         self.times: dict = {}  # key -> list of seconds
+        self.round_ids: dict = {}  # key -> (phase, round) of each of those runs, to pair runs of the same round
         self.discarded: dict = {}  # key -> seconds of the rounds run but not kept
         self.mems: dict = {}
         self.stats: dict = {}
@@ -429,7 +432,8 @@ class Runner:
             log(f"warm {name} b{batch} {cfg[0]:<11} {cfg[1]:<6} {dt:6.2f}s {stats if stats else ''}"
                 + (f" syncs {syncs['total']} {syncs['sites']}" if syncs else ""))
         cfgs = ok
-        for r in range(-args.discard_rounds, args.repeats):
+        repeats = args.reference_repeats if label == REFERENCE_PHASE else args.repeats
+        for r in range(-args.discard_rounds, repeats):
             order = cfgs if r % 2 == 0 else cfgs[::-1]
             for cfg in order:
                 e = self.est(name, batch, cfg)
@@ -449,6 +453,7 @@ class Runner:
                     log(f"discarded {name} b{batch} {cfg[0]:<11} {cfg[1]:<6} {dt:6.2f}s")
                     continue
                 self.times.setdefault(key, []).append(dt)
+                self.round_ids.setdefault(key, []).append((label, r))
                 self.mems.setdefault(key, []).append(mem)
                 if stats:
                     self.stats[key] = stats
@@ -515,8 +520,9 @@ class Runner:
             if van:
                 # two readings less sensitive to the host's drift than the ratio of medians: the median over rounds
                 # of each round's own ratio (its vanilla and method runs are adjacent in time), and fastest / fastest
-                pairs = [v / t for v, t in zip(van, ts)]
-                rec["ratio_paired"] = round(statistics.median(pairs), 4)
+                van_by_round = dict(zip(self.round_ids[(model, batch, "vanilla", "sdpa")], van))
+                pairs = [van_by_round[rid] / t for rid, t in zip(self.round_ids[key], ts) if rid in van_by_round]
+                rec["ratio_paired"] = round(statistics.median(pairs), 4) if pairs else None
                 rec["ratio_fastest"] = round(min(van) / min(ts), 4)
             if backend == "triton" and rec["ratio"] is not None:
                 bar = BARS.get(method, BARS["default"])
@@ -620,6 +626,8 @@ def main(argv=None):
     ap.add_argument("--models", default="llava,qwen2_vl")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--reference-repeats", type=int, default=2,
+                    help="timed rounds of the eager / torch-reference phase (no bars there; default 2)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     ap.add_argument("--stem", default=None,
                     help="output file stem (default generate_h200, generate_quick with --quick)")
@@ -689,7 +697,7 @@ def main(argv=None):
                 cfgs.append(("eager", "eager"))
                 cfgs += [(m, bk) for bk in slow for m in methods]
             if len(cfgs) > 1:
-                phases.append((name, b, cfgs, "eager + torch reference"))
+                phases.append((name, b, cfgs, REFERENCE_PHASE))
     if args.profile:
         for b in batches:
             for name in models:
