@@ -190,11 +190,13 @@ def _tag(rec, config):
     return rec
 
 
-# The previous defaults and the alternatives each new default was chosen over (docs/kernels.md).
+# The previous defaults and the alternatives each new default was chosen over (docs/kernels.md), and the candidates
+# that are off until timed (DECODE_PREFETCH_CLS, VAR_FIXUP_PREFETCH).
 SWEEP = [
     (dict(VAR_LAUNCH="pair"), "prefill", (640, 2900, 8192), (1,), ("var", "all")),
     (dict(FUSED_COMBINE=False), "decode", (2900, 8192), (1,), ("none", "var")),
     (dict(DECODE_PREFETCH_CLS=True), "decode", (640, 2900, 8192), (1, 8), ("var", "var_step", "all")),
+    (dict(VAR_FIXUP_PREFETCH=True), "prefill", (640, 2900, 8192), (1,), ("var", "all")),
     (dict(DECODE_SPLIT=dict(min_keys=1024, keys_per_split=256, waves=2, busy_keys_per_split=256, busy_waves=2)),
      "decode", (640, 2900), (1, 8), ("none", "var")),
 ]

@@ -54,26 +54,43 @@ def _var_fixup(acc, m_use, c_sink, c_rest, q, lo, hi, K_blk, V_blk, skn, svn, n_
                is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHECK_N: tl.constexpr,
                CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr,
-               GROUP: tl.constexpr, DOT_FP32: tl.constexpr):
+               GROUP: tl.constexpr, DOT_FP32: tl.constexpr, PREFETCH: tl.constexpr):
     """Adds ``c_sink * p`` on sink keys and ``c_rest * p`` on non-visual non-sink keys to the (final-max) value
-    accumulator; key blocks holding neither (the inside of an image) are skipped after reading their classes."""
+    accumulator; key blocks holding neither (the inside of an image) are skipped after reading their classes.
+
+    This loop branches on loaded data, so the compiler does not pipeline it: each special block waits for its
+    class, key and value loads in turn. ``PREFETCH`` issues the next block's class load one iteration ahead and a
+    special block's value load together with its key load, so fewer of those latencies are paid one after another.
+    """
+    if PREFETCH:
+        c_next = tl.load(CLS_b + (lo + offs_n) * scn, mask=(lo + offs_n) < n_kv, other=1).to(tl.int32)
+    else:
+        c_next = offs_n  # unused
     for start_n in range(lo, hi, BLOCK_N):
         keys = start_n + offs_n
-        if CHECK_N:
+        if PREFETCH:
+            c = c_next
+            ahead = keys + BLOCK_N
+            c_next = tl.load(CLS_b + ahead * scn, mask=ahead < n_kv, other=1).to(tl.int32)
+        elif CHECK_N:
             c = tl.load(CLS_b + keys * scn, mask=keys < n_kv, other=1).to(tl.int32)
         else:
             c = tl.load(CLS_b + keys * scn).to(tl.int32)
         special = ((c & 2) != 0) | ((c & 1) == 0)
         if tl.sum(special.to(tl.int32), 0) > 0:
+            if PREFETCH:
+                v = load_v(V_blk, svn, keys, n_kv, offs_d, d_ok, HEAD_DIM, BLOCK_D, CHECK_N)
+            # keys past n_kv carry class 1 here; their scores are -inf whatever their class
             s, cls = block_scores(q, K_blk, skn, start_n, n_kv, offs_n, offs_d, d_ok, qpos, is_last, rows_ok,
-                                  CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, CLS_b, 0, 0,
+                                  CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, CLS_b, 0, c,
                                   HEAD_DIM, BLOCK_D, CHECK_N, CAUSAL, HAS_MASK, True, HAS_BIAS, HAS_AMP, GROUP,
-                                  DOT_FP32, False, False, False)
+                                  DOT_FP32, False, False, PREFETCH)
             sink = ((cls & 2) != 0)[None, :]
             vis = ((cls & 1) != 0)[None, :]
             coef = tl.where(sink, c_sink[:, None], tl.where(vis, 0.0, c_rest[:, None]))
             p = tl.exp2(s - m_use[:, None]) * coef
-            v = load_v(V_blk, svn, keys, n_kv, offs_d, d_ok, HEAD_DIM, BLOCK_D, CHECK_N)
+            if not PREFETCH:
+                v = load_v(V_blk, svn, keys, n_kv, offs_d, d_ok, HEAD_DIM, BLOCK_D, CHECK_N)
             acc = pv_product(p, v, acc, DOT_FP32)
     return acc
 
@@ -86,7 +103,8 @@ def fwd_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS,
                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                GROUP: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, LOAD_CLS: tl.constexpr,
                HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr, VAR_PASS: tl.constexpr, HAS_HS: tl.constexpr,
-               WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr, DOT_FP32: tl.constexpr):
+               WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr, DOT_FP32: tl.constexpr,
+               FIXUP_PREFETCH: tl.constexpr):
     # Longest (causal) tiles first, so the tail of the grid is short work.
     pid_t = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -146,7 +164,7 @@ def fwd_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS,
             _var_tile(q, eligible, p_var, var_rho, var_min_mass, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d,
                       d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, O, HS, LSE,
                       MASS, b, h_row, i_row, sob, som, soh, shs_b, shs_h, M, H, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-                      CAUSAL, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, HAS_HS, WANT_LSE, WANT_MASS)
+                      CAUSAL, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, HAS_HS, WANT_LSE, WANT_MASS, FIXUP_PREFETCH)
     else:
         if VAR_PASS != 2:
             _plain_tile(q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos, is_last, rows_ok, CLS_b,
@@ -198,7 +216,7 @@ def _var_tile(q, eligible, p_var, var_rho, var_min_mass, mid, hi, K_blk, V_blk, 
               h_row, i_row, sob, som, soh, shs_b, shs_h, M, H, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
               HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr, GROUP: tl.constexpr, DOT_FP32: tl.constexpr,
-              HAS_HS: tl.constexpr, WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr):
+              HAS_HS: tl.constexpr, WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr, FIXUP_PREFETCH: tl.constexpr):
     """The flash loop with VAR's masses, the VAR decision per row, then a fix-up over the few special key blocks.
 
     With weights ``w_s`` (sink keys), ``w_v`` (visual non-sink keys) and 1 (the rest), the re-weighted output is
@@ -219,10 +237,12 @@ def _var_tile(q, eligible, p_var, var_rho, var_min_mass, mid, hi, K_blk, V_blk, 
         c_rest = 1.0 - w_vis
         acc = _var_fixup(acc, m_use, c_sink, c_rest, q, 0, mid, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
                          qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM,
-                         BLOCK_D, BLOCK_N, False, False, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32)
+                         BLOCK_D, BLOCK_N, False, False, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32,
+                         FIXUP_PREFETCH)
         acc = _var_fixup(acc, m_use, c_sink, c_rest, q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
                          qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM,
-                         BLOCK_D, BLOCK_N, True, CAUSAL, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32)
+                         BLOCK_D, BLOCK_N, True, CAUSAL, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32,
+                         FIXUP_PREFETCH)
     _epilogue(acc, l_i, m_i, mass, O, HS, LSE, MASS, b, h_row, i_row, rows_ok, offs_d, d_ok, sob, som, soh,
               shs_b, shs_h, M, H, HAS_HS, WANT_LSE, WANT_MASS)
 

@@ -83,9 +83,12 @@ _counters: dict = {}
 FUSED_COMBINE = True
 # Decode with key classes: load the next key block's classes one iteration ahead (not yet timed on a GPU: off).
 DECODE_PREFETCH_CLS = False
+# VAR prefill fix-up: next block's classes one iteration ahead, value load beside the key load (not yet timed: off).
+VAR_FIXUP_PREFETCH = False
 
 
-_LAUNCH_CHOICES = ("CONFIGS", "DECODE_SPLIT", "VAR_LAUNCH", "FUSED_COMBINE", "DECODE_PREFETCH_CLS")
+_LAUNCH_CHOICES = ("CONFIGS", "DECODE_SPLIT", "VAR_LAUNCH", "FUSED_COMBINE", "DECODE_PREFETCH_CLS",
+                   "VAR_FIXUP_PREFETCH")
 
 
 @contextlib.contextmanager
@@ -358,7 +361,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
         def launch(var_pass):
             _fwd_launch(grid, args, dict(HEAD_DIM=d, BLOCK_D=block_d, GROUP=pack, CAUSAL=mask is None,
                                          LOAD_CLS=load_cls, VAR_PASS=var_pass, DOT_FP32=dot_fp32, **common,
-                                         **blocks), options)
+                                         **blocks, FIXUP_PREFETCH=VAR_FIXUP_PREFETCH and var_pass >= 2),
+                          options)
 
         if var_p is None:
             launch(0)
