@@ -204,6 +204,25 @@ def _table(t: torch.Tensor | None, last: int | None) -> torch.Tensor | None:
     return t
 
 
+def _sink_bit_args(sb, n: int, dummy: torch.Tensor) -> tuple:
+    """The decode kernel's view of ``SinkBits`` (``reference.SinkBits``): bit row, hidden row and channels, their batch
+    strides, the first column, the channel count and width, the test's two constants, TEST_NEW and STRICT."""
+    if sb is None:
+        return dummy, dummy, dummy, 0, 0, 0, 0, 0, 0.0, 0.0, False, False
+    bits = sb.bits
+    if bits.shape[1] < sb.first + n:
+        raise ValueError(f"SinkBits.bits holds {bits.shape[1]} columns; keys need columns up to {sb.first + n}")
+    sbits_b = bits.stride(0) if bits.shape[0] != 1 else 0
+    hid = sb.hidden
+    if hid is None:
+        return bits, dummy, dummy, sbits_b, 0, sb.first, 0, 0, 0.0, 0.0, False, False
+    if hid.stride(-1) != 1:
+        hid = hid.contiguous()
+    shid_b = hid.stride(0) if hid.shape[0] != 1 else 0
+    return (bits, hid, sb.channels, sbits_b, shid_b, sb.first, sb.channels.shape[0], hid.shape[-1],
+            float(sb.threshold), float(sb.eps_norm) ** 2, True, bool(sb.strict))
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, mask: torch.Tensor | None = None,
               params: ReweightParams | None = None, want: Iterable[str] = ()) -> tuple[torch.Tensor, dict]:
     """Re-weighted attention on the GPU (or the Triton interpreter). See ``reference.attention`` for the contract."""
@@ -305,28 +324,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
         else:
             ws_o = ws_s = ws_m = cnt = out
         block_s = max(2, _pow2(splits))
-        if sb is None:
-            bits = hid = chans = dummy
-            sbits_b = shid_b = first = n_ch = hid_d = 0
-            threshold = eps2 = 0.0
-            test_new = strict = False
-        else:
-            bits, first, hid = sb.bits, sb.first, sb.hidden
-            sbits_b = bits.stride(0) if bits.shape[0] != 1 else 0
-            if bits.shape[1] < first + n:
-                raise ValueError(f"SinkBits.bits holds {bits.shape[1]} columns; keys need columns up to {first + n}")
-            test_new = hid is not None
-            if test_new:
-                if hid.stride(-1) != 1:
-                    hid = hid.contiguous()
-                chans, hid_d, n_ch = sb.channels, hid.shape[-1], sb.channels.shape[0]
-                shid_b = hid.stride(0) if hid.shape[0] != 1 else 0
-                threshold, eps2, strict = float(sb.threshold), float(sb.eps_norm) ** 2, bool(sb.strict)
-            else:
-                hid = chans = dummy
-                shid_b = n_ch = hid_d = 0
-                threshold = eps2 = 0.0
-                strict = False
+        bits, hid, chans, sbits_b, shid_b, first, n_ch, hid_d, threshold, eps2, test_new, strict = \
+            _sink_bit_args(sb, n, dummy)
         blocks, options = _split_cfg(cfg)
         load_cls_any = load_cls or var_p is not None or sb is not None
         _decode_launch(
