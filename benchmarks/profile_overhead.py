@@ -19,6 +19,8 @@ Configurations (all backend="torch", since the Triton wrapper cannot run here):
 * ``*+stub``             the same with the kernel call replaced by plain SDPA that ignores the parameters: what is left
                          over vanilla is our own per-layer Python (session, methods, hooks), i.e. what stays on the
                          host when the GPU kernel is as cheap as SDPA's.
+* ``*+tstub``            decode steps also run the Triton wrapper's host path (everything but the launch itself) before
+                         the SDPA stub: our Python plus the Triton backend's, on a CPU.
 
 ``micro`` times the pieces one by one (per call, CPU time): VAR's decode-step sink test + write into the layer's
 SINK-bit buffer + contribution, with ``SinkBitWriter`` (the code) and with ``detect_sinks`` (the prefill's test, which
@@ -88,14 +90,44 @@ def stub_attention(q, k, v, *, scale, mask=None, params=None, want=(), backend="
     return out.transpose(1, 2), {}
 
 
+def triton_host_stub(q, k, v, *, scale, mask=None, params=None, want=(), backend="auto"):
+    """The Triton wrapper's whole host path (argument preparation, the direct-launch key) with the launches
+    themselves replaced by nothing, then plain SDPA for the output: what the Triton backend costs the host per
+    layer call, measurable without a GPU (the C launcher call itself, a few us, is not included)."""
+    from vlmfix.kernels import triton_attention as ta
+
+    if q.shape[2] == 1 and not want:
+        ta.attention(q, k, v, scale=scale, mask=mask, params=params)
+    return stub_attention(q, k, v, scale=scale, mask=mask, params=params, want=want)
+
+
 @contextlib.contextmanager
-def kernel_stub():
+def kernel_stub(fn=None):
     saved = session_mod.kernel_attention
-    session_mod.kernel_attention = stub_attention
+    session_mod.kernel_attention = fn or stub_attention
     try:
         yield
     finally:
         session_mod.kernel_attention = saved
+
+
+@contextlib.contextmanager
+def triton_host_only():
+    """Triton's launches become no-ops that still compute the direct-launch key (see ``triton_host_stub``)."""
+    from vlmfix.kernels import _launch
+    from vlmfix.kernels import triton_attention as ta
+
+    def launch(grid, args, constexprs, options):
+        _launch.specialisation(args)
+        return None
+
+    saved = ta._decode_launch, ta._fwd_launch
+    ta._decode_launch = ta._fwd_launch = launch
+    try:
+        with kernel_stub(triton_host_stub):
+            yield
+    finally:
+        ta._decode_launch, ta._fwd_launch = saved
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -121,6 +153,8 @@ def configured(model, cfg, sink_dims, tau):
     with ctx:
         if "stub" in mods:
             ctx.enter_context(kernel_stub())
+        if "tstub" in mods:  # decode steps: the Triton wrapper's host path without its launches (CPU-measurable)
+            ctx.enter_context(triton_host_only())
         if base != "vanilla":
             vlmfix.patch(model, *methods_for(base, sink_dims, tau), backend=BACKEND)
         try:
