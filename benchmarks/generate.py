@@ -555,7 +555,8 @@ class Runner:
         gpu = torch.cuda.get_device_name(self.device) if self.cuda else platform.processor() or "cpu"
         return {"torch": torch.__version__, "triton": tv, "transformers": transformers.__version__, "device": gpu,
                 "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                "command": "python " + " ".join(sys.argv), "cpu_count": os.cpu_count()}
+                "command": "python " + " ".join(sys.argv), "cpu_count": os.cpu_count(),
+                "cpus_used": sorted(os.sched_getaffinity(0))}
 
     def write(self):
         out = self.args.out
@@ -621,6 +622,15 @@ class Runner:
         return "\n".join(lines) + "\n"
 
 
+def parse_cpus(spec: str) -> set[int]:
+    """``"0-3,6"`` -> {0, 1, 2, 3, 6}."""
+    cpus = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="llava,qwen2_vl")
@@ -647,10 +657,15 @@ def main(argv=None):
     ap.add_argument("--no-reference", action="store_true", help="skip the eager / torch-reference phase")
     ap.add_argument("--discard-rounds", type=int, default=1,
                     help="full-length rounds run after the warm-ups and not kept (default 1)")
+    ap.add_argument("--cpus", default=None, metavar="LIST",
+                    help="pin the process to these CPUs (e.g. 0-3 or 2,3): fewer migrations of the host-bound "
+                         "Python thread between cores, a possible source of the run-to-run spread")
     ap.add_argument("--profile", default=None, metavar="METHOD",
                     help="instead of timing: torch-profile a 16-token generate of vanilla and of METHOD (first of "
                          "--backends) for each model and batch; writes the top host and device ops of each")
     args = ap.parse_args(argv)
+    if args.cpus:
+        os.sched_setaffinity(0, parse_cpus(args.cpus))
     args.new_tokens = args.new_tokens or (16 if args.quick else 128)
     args.stem = args.stem or ("generate_quick" if args.quick else "generate_h200")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
