@@ -55,7 +55,10 @@ class DirectLaunch:
             raise TypeError(f"{self.fn.__name__} takes {self.n_runtime} runtime arguments, got {len(args)}")
         if len(grid) != 3:
             raise ValueError(f"grid must have three entries, got {grid}")
-        key = (tuple(constexprs.values()), tuple(constexprs), tuple(options.items()), specialisation(args))
+        # compiled kernels are loaded per GPU: the first argument's device is the one launched on (the caller makes
+        # it the current device)
+        key = (args[0].get_device(), tuple(constexprs.values()), tuple(constexprs), tuple(options.items()),
+               specialisation(args))
         plan = self._plans.get(key)
         if plan is None:
             compiled = self.fn[grid](*args, **constexprs, **options)

@@ -250,6 +250,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
         v = v.contiguous()
         vs = v.stride()
     dev = q.device
+    if dev.type == "cuda" and dev.index is not None and dev.index != torch.cuda.current_device():
+        # a model split over GPUs (device_map): launch on this layer's GPU, where Triton looks its kernels up
+        with torch.cuda.device(dev):
+            return attention(q, k, v, scale=scale, mask=mask, params=params, want=want)
 
     cls = lb = amp = var_p = hs = sb = None
     rho = min_mass = 0.0
