@@ -190,13 +190,26 @@ def _tag(rec, config):
     return rec
 
 
-# The previous defaults and the alternatives each new default was chosen over (docs/kernels.md), and the candidates
-# that are off until timed (DECODE_PREFETCH_CLS, VAR_FIXUP_PREFETCH).
+def _decode_config(**change):
+    """The launch configurations with the bf16 decode entry changed (a ``CONFIGS`` override replaces all of them)."""
+    cfgs = {k: dict(v) for k, v in ta.CONFIGS.items()}
+    cfgs[("decode", "half")].update(change)
+    return cfgs
+
+
+# The previous defaults and the alternatives each new default was chosen over (docs/kernels.md), and candidates for
+# batch-1 decode with VAR (its extra GPU time is per key block): prefetching classes, fewer and larger key blocks,
+# fewer pipeline stages (fewer registers), more and shorter splits.
 SWEEP = [
     (dict(VAR_LAUNCH="pair"), "prefill", (640, 2900, 8192), (1,), ("var", "all")),
     (dict(FUSED_COMBINE=False), "decode", (2900, 8192), (1,), ("none", "var")),
     (dict(DECODE_PREFETCH_CLS=True), "decode", (640, 2900, 8192), (1, 8), ("var", "var_step", "all")),
     (dict(VAR_FIXUP_PREFETCH=True), "prefill", (640, 2900, 8192), (1,), ("var", "all")),
+    (dict(CONFIGS=_decode_config(BLOCK_N=128, num_stages=2)), "decode", (640, 2900, 8192), (1,),
+     ("none", "var", "var_step")),
+    (dict(CONFIGS=_decode_config(num_stages=2)), "decode", (640, 2900, 8192), (1,), ("none", "var", "var_step")),
+    (dict(DECODE_SPLIT=dict(min_keys=256, keys_per_split=64, waves=4, busy_keys_per_split=1024, busy_waves=4)),
+     "decode", (640, 2900, 8192), (1,), ("none", "var", "var_step")),
     (dict(DECODE_SPLIT=dict(min_keys=1024, keys_per_split=256, waves=2, busy_keys_per_split=256, busy_waves=2)),
      "decode", (640, 2900), (1, 8), ("none", "var")),
 ]
