@@ -49,21 +49,8 @@ def block_scores(q, K_blk, skn, start_n, n_kv, offs_n, offs_d, d_ok, qpos, is_la
 
     if CLS_GIVEN:
         cls = cls_in
-    elif LOAD_CLS:
-        if CHECK_N:
-            cls = tl.load(CLS_b + keys * scn, mask=n_ok, other=0).to(tl.int32)
-        else:
-            cls = tl.load(CLS_b + keys * scn).to(tl.int32)
     else:
-        cls = tl.zeros([offs_n.shape[0]], dtype=tl.int32)
-    if HAS_BITS and not CLS_GIVEN:
-        if CHECK_N:
-            bits = tl.load(BITS_b + keys, mask=n_ok, other=0)
-        else:
-            bits = tl.load(BITS_b + keys)
-        if TEST_NEW:
-            bits = tl.where(keys == n_kv - 1, new_bit, bits)
-        cls = cls | bits
+        cls = key_classes(CLS_b, scn, BITS_b, new_bit, keys, n_kv, LOAD_CLS, HAS_BITS, TEST_NEW, CHECK_N)
     if HAS_AMP:
         if GROUP == 1:
             a = tl.load(AMP_row + cls)[None, :]
@@ -88,16 +75,21 @@ def block_scores(q, K_blk, skn, start_n, n_kv, offs_n, offs_d, d_ok, qpos, is_la
 
 @triton.jit
 def key_classes(CLS_b, scn, BITS_b, new_bit, keys, n_kv, LOAD_CLS: tl.constexpr, HAS_BITS: tl.constexpr,
-                TEST_NEW: tl.constexpr):
-    """The classes of ``keys`` (0 past ``n_kv``) as ``block_scores`` computes them: a load that can be issued one key
-    block ahead of its use."""
-    n_ok = keys < n_kv
+                TEST_NEW: tl.constexpr, CHECK_N: tl.constexpr):
+    """The classes of ``keys`` with the SINK bits OR-ed in (see ``block_scores``); past ``n_kv`` 0, and only checked
+    with ``CHECK_N`` (a block known to be in range loads unmasked). A prefetch calls it one key block ahead."""
     if LOAD_CLS:
-        cls = tl.load(CLS_b + keys * scn, mask=n_ok, other=0).to(tl.int32)
+        if CHECK_N:
+            cls = tl.load(CLS_b + keys * scn, mask=keys < n_kv, other=0).to(tl.int32)
+        else:
+            cls = tl.load(CLS_b + keys * scn).to(tl.int32)
     else:
         cls = tl.zeros([keys.shape[0]], dtype=tl.int32)
     if HAS_BITS:
-        bits = tl.load(BITS_b + keys, mask=n_ok, other=0)
+        if CHECK_N:
+            bits = tl.load(BITS_b + keys, mask=keys < n_kv, other=0)
+        else:
+            bits = tl.load(BITS_b + keys)
         if TEST_NEW:
             bits = tl.where(keys == n_kv - 1, new_bit, bits)
         cls = cls | bits

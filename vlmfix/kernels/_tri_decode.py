@@ -37,7 +37,7 @@ def _split_loop(acc, l_i, m_i, mass, cls_next, q, part, lo, hi, K_blk, V_blk, sk
         cls_now = cls_next
         if PREFETCH_CLS:
             cls_next = key_classes(CLS_b, scn, BITS_b, new_bit, start_n + BLOCK_N + offs_n, n_kv, LOAD_CLS, HAS_BITS,
-                                   TEST_NEW)
+                                   TEST_NEW, True)
         s, cls = block_scores(q, K_blk, skn, start_n, n_kv, offs_n, offs_d, d_ok, qpos, rows_ok, rows_ok,
                               CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, BITS_b, new_bit, cls_now,
                               HEAD_DIM, BLOCK_D, CHECK_N, False, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP,
@@ -129,7 +129,7 @@ def decode_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS, WS_O, WS_
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     mass = tl.zeros([BLOCK_M, 16], dtype=tl.float32)
     if PREFETCH_CLS:
-        cls_next = key_classes(CLS_b, scn, BITS_b, new_bit, lo + offs_n, N, LOAD_CLS, HAS_BITS, TEST_NEW)
+        cls_next = key_classes(CLS_b, scn, BITS_b, new_bit, lo + offs_n, N, LOAD_CLS, HAS_BITS, TEST_NEW, True)
     else:
         cls_next = offs_n  # unused
     acc, l_i, m_i, mass, cls_next = _split_loop(
