@@ -226,6 +226,10 @@ def _sink_bit_args(sb, n: int, dummy: torch.Tensor) -> tuple:
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, mask: torch.Tensor | None = None,
               params: ReweightParams | None = None, want: Iterable[str] = ()) -> tuple[torch.Tensor, dict]:
     """Re-weighted attention on the GPU (or the Triton interpreter). See ``reference.attention`` for the contract."""
+    if q.is_cuda and q.device.index != torch.cuda.current_device():
+        # a model split over GPUs (device_map): launch on this layer's GPU, where Triton looks its kernels up
+        with torch.cuda.device(q.device):
+            return attention(q, k, v, scale=scale, mask=mask, params=params, want=want)
     if want:
         want = frozenset(want)
         if not want <= _STATS:
@@ -250,10 +254,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
         v = v.contiguous()
         vs = v.stride()
     dev = q.device
-    if dev.type == "cuda" and dev.index is not None and dev.index != torch.cuda.current_device():
-        # a model split over GPUs (device_map): launch on this layer's GPU, where Triton looks its kernels up
-        with torch.cuda.device(dev):
-            return attention(q, k, v, scale=scale, mask=mask, params=params, want=want)
 
     cls = lb = amp = var_p = hs = sb = None
     rho = min_mass = 0.0
