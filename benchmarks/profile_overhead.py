@@ -97,8 +97,14 @@ def triton_host_stub(q, k, v, *, scale, mask=None, params=None, want=(), backend
     from vlmfix.kernels import triton_attention as ta
 
     if q.shape[2] == 1 and not want:
+        t = CLOCK()
         ta.attention(q, k, v, scale=scale, mask=mask, params=params)
+        TSTUB_WRAPPER["s"] += CLOCK() - t
+        TSTUB_WRAPPER["calls"] += 1
     return stub_attention(q, k, v, scale=scale, mask=mask, params=params, want=want)
+
+
+TSTUB_WRAPPER = {"s": 0.0, "calls": 0}  # host time inside the Triton wrapper during ``+tstub`` runs
 
 
 @contextlib.contextmanager
@@ -296,16 +302,31 @@ def micro(hidden_size=4096, kv_len=704, n=3000):
     def objects():
         return LayerCall(3, q, q, q, None, 0.1, classes, reference.ReweightParams(), None)
 
+    from vlmfix.kernels import triton_attention as ta
+
+    k = torch.randn(1, 32, kv_len, 128, dtype=torch.bfloat16)
+    qb = q.to(torch.bfloat16)
+    var_p = torch.full((1, 32), 0.6)
+    var_params = reference.ReweightParams(key_class=classes, var_p=var_p)
+    step_params = reference.ReweightParams(key_class=classes, var_p=var_p, sink_bits=reference.SinkBits(
+        buf, 0, h[:, -1], dims_t, writer.scale, writer.eps_norm_value))
+
+    def triton_call(params):  # the Triton wrapper's decode call, launch replaced by computing the direct-launch key
+        return lambda: ta.attention(qb, k, k, scale=0.088, params=params)
+
     out = {}
-    for name, fn in (("var_decode_layer", var_now), ("var_decode_layer_with_detect_sinks", var_detect_sinks),
-                     ("resolve_backend", dispatch), ("layercall_and_params", objects)):
-        best = float("inf")
-        for _ in range(5):
-            t = CLOCK()
-            for _ in range(n):
-                fn()
-            best = min(best, (CLOCK() - t) / n)
-        out[name] = round(best * 1e6, 2)
+    with triton_host_only():
+        for name, fn in (("var_decode_layer", var_now), ("var_decode_layer_with_detect_sinks", var_detect_sinks),
+                         ("resolve_backend", dispatch), ("layercall_and_params", objects),
+                         ("triton_wrapper_none", triton_call(None)), ("triton_wrapper_var", triton_call(var_params)),
+                         ("triton_wrapper_var_step", triton_call(step_params))):
+            best = float("inf")
+            for _ in range(5):
+                t = CLOCK()
+                for _ in range(n):
+                    fn()
+                best = min(best, (CLOCK() - t) / n)
+            out[name] = round(best * 1e6, 2)
     print("\nper-call host cost, CPU (us): " + ", ".join(f"{k} {v}" for k, v in out.items()))
     return out
 
@@ -427,9 +448,13 @@ def main(argv=None):
     for cfg in cfgs:  # warm-up
         step_time(model, inputs, cfg, 4, dims, tau)
     times = {c: [] for c in cfgs}
+    wrapper = {c: [0.0, 0] for c in cfgs}  # +tstub: host time inside the Triton wrapper, calls
     for r in range(args.repeats):
         for cfg in (cfgs if r % 2 == 0 else cfgs[::-1]):
+            s0, c0 = TSTUB_WRAPPER["s"], TSTUB_WRAPPER["calls"]
             times[cfg].append(step_time(model, inputs, cfg, args.steps, dims, tau)[0])
+            wrapper[cfg][0] += TSTUB_WRAPPER["s"] - s0
+            wrapper[cfg][1] += TSTUB_WRAPPER["calls"] - c0
     # CPU time of this thread; on a shared machine the minimum over rounds is the least disturbed estimate of a fixed
     # host cost, the median is given beside it.
     van, van_med = min(times["vanilla"]), statistics.median(times["vanilla"])
@@ -442,8 +467,12 @@ def main(argv=None):
                      "extra_us_per_layer": round((best - van) * 1e6 / n, 1), "median_ms_per_step": round(med * 1e3, 3),
                      "median_extra_us_per_layer": round((med - van_med) * 1e6 / n, 1),
                      "all_ms": [round(t * 1e3, 3) for t in times[cfg]]})
+        if wrapper[cfg][1]:
+            rows[-1]["triton_wrapper_us_per_call"] = round(wrapper[cfg][0] / wrapper[cfg][1] * 1e6, 2)
         print(f"{cfg:<18} {best * 1e3:8.2f} {(best - van) * 1e6:9.0f} {(best - van) * 1e6 / n:10.1f} "
-              f"{med * 1e3:10.2f} {(med - van_med) * 1e6 / n:10.1f}")
+              f"{med * 1e3:10.2f} {(med - van_med) * 1e6 / n:10.1f}"
+              + (f"   Triton wrapper {rows[-1]['triton_wrapper_us_per_call']} us/call"
+                 if "triton_wrapper_us_per_call" in rows[-1] else ""))
     # dispatcher ops per decode step: a load-independent count; on a GPU every non-view op is a kernel launch
     # (~5-10 us of host time each through PyTorch's eager path)
     print(f"\n{'config':<18} {'ops/step':>9} {'+ops/layer':>11} {'+launch ops/layer':>18}   top extra ops per layer")
@@ -465,7 +494,9 @@ def main(argv=None):
     micro_us = micro_gpu(device, batch=args.batch) if device.type == "cuda" else micro()
     result = {"model": args.model, "layers": n, "hidden": width, "batch": inputs["input_ids"].shape[0],
               "backend": BACKEND, "device": str(device), "steps": args.steps, "repeats": args.repeats, "tau": tau,
-              "torch": torch.__version__, "rows": rows, "micro_us": micro_us}
+              "torch": torch.__version__, "rows": rows, "micro_us": micro_us,
+              "command": "python " + " ".join(sys.argv),
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if args.profile:
         result[f"profile_{args.profile}"] = profile_loop(model, inputs, args.profile, args.steps, dims, tau)
     if args.json:
