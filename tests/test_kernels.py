@@ -229,6 +229,22 @@ def test_decode_split_paths(monkeypatch, splits, prefetch):
         assert int(counters.abs().sum()) == 0
 
 
+@pytest.mark.parametrize("method", ["var", "all"])
+def test_decode_long_splits_take_their_own_configuration(monkeypatch, method):
+    """Splits of at least ``long_keys`` keys launch with the ``decode_long`` blocks; shorter ones keep the default."""
+    monkeypatch.setitem(ta.DECODE_SPLIT, "busy_long_keys", 48)
+    cpu = torch.device("cpu")
+    short = ta.decode_plan(70, 16, "fp32", cpu)  # 16 programs: batch 2 x 8 kv heads
+    long_ = ta.decode_plan(300, 16, "fp32", cpu)
+    assert short[0]["BLOCK_N"] == ta.CONFIGS[("decode", "fp32")]["BLOCK_N"] and short[3] < 48
+    assert long_[0]["BLOCK_N"] == ta.CONFIGS[("decode_long", "fp32")]["BLOCK_N"] and long_[2] > 1
+    assert long_[3] >= 48 and long_[3] % long_[0]["BLOCK_N"] == 0
+    gen = torch.Generator().manual_seed(23)
+    q, k, v, cls = inputs(2, 8, 8, 1, 300, 64, torch.float32, gen)
+    params = method_params(method, 2, 8, cls, gen, 1, 300, q, k, v, 0.125, None)
+    check(q, k, v, scale=0.125, params=params)
+
+
 @pytest.mark.parametrize("prefetch", [False, True])
 def test_var_prefill_fixup_skips_plain_image_blocks(monkeypatch, prefetch):
     """One visual sink in a long image: most key blocks hold neither sinks nor text, so the VAR tile's fix-up

@@ -202,51 +202,67 @@ def _combine_head(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, b, h, sob, soh,
                   shs_h, var_rho, var_min_mass, N, H, G, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                   BLOCK_M: tl.constexpr, SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, PARTS: tl.constexpr,
                   HAS_HS: tl.constexpr, WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr):
-    """Merges the splits of one (batch, query head) row: rescale each split to the common max, then finish."""
+    """Merges the splits of one (batch, query head) row: rescale each split to the common max, then finish.
+
+    Every load comes first, so that they are in flight together: the merge sits at the end of the launch's critical
+    path, and a load issued after a reduction (whose cross-warp step has a block barrier) would cost one more
+    memory round trip."""
     sp = tl.arange(0, BLOCK_S)
     sp_ok = sp < SPLITS
     base = ((b * (H // G) + h // G) * SPLITS + sp) * BLOCK_M
     row0 = base + h % G
-    m = tl.load(WS_S + row0 * 4, mask=sp_ok, other=float("-inf"), cache_modifier=".cg")
-    l_s = tl.load(WS_S + row0 * 4 + 1, mask=sp_ok, other=0.0, cache_modifier=".cg")
-    m_max = tl.max(m, 0)
-    m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
-    w = tl.exp2(m - m_use)
-    l_i = tl.sum(w * l_s, 0)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
-    acc = tl.sum(w[:, None] * tl.load(WS_O + row0[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None],
-                                      other=0.0, cache_modifier=".cg"), 0)
+    m = tl.load(WS_S + row0 * 4, mask=sp_ok, other=float("-inf"), cache_modifier=".cg")
+    l_s = tl.load(WS_S + row0 * 4 + 1, mask=sp_ok, other=0.0, cache_modifier=".cg")
+    a0 = tl.load(WS_O + row0[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None], other=0.0,
+                 cache_modifier=".cg")
     if PARTS == 4:
         # rows of the other parts of this head: text sinks, visual sinks, visual non-sinks (same running max)
         row1 = row0 + G
         row2 = row1 + G
         row3 = row2 + G
-        acc_ts = tl.sum(w[:, None] * tl.load(WS_O + row1[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None],
-                                             other=0.0, cache_modifier=".cg"), 0)
-        acc_vs = tl.sum(w[:, None] * tl.load(WS_O + row2[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None],
-                                             other=0.0, cache_modifier=".cg"), 0)
-        acc_v = tl.sum(w[:, None] * tl.load(WS_O + row3[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None],
-                                            other=0.0, cache_modifier=".cg"), 0)
-        p_ts = tl.sum(w * tl.load(WS_S + row1 * 4 + 1, mask=sp_ok, other=0.0, cache_modifier=".cg"), 0)
-        p_vs = tl.sum(w * tl.load(WS_S + row2 * 4 + 1, mask=sp_ok, other=0.0, cache_modifier=".cg"), 0)
-        p_vns = tl.sum(w * tl.load(WS_S + row3 * 4 + 1, mask=sp_ok, other=0.0, cache_modifier=".cg"), 0)
-        l_i = l_i + p_ts + p_vs + p_vns
+        a1 = tl.load(WS_O + row1[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None], other=0.0,
+                     cache_modifier=".cg")
+        a2 = tl.load(WS_O + row2[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None], other=0.0,
+                     cache_modifier=".cg")
+        a3 = tl.load(WS_O + row3[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None], other=0.0,
+                     cache_modifier=".cg")
+        l1 = tl.load(WS_S + row1 * 4 + 1, mask=sp_ok, other=0.0, cache_modifier=".cg")
+        l2 = tl.load(WS_S + row2 * 4 + 1, mask=sp_ok, other=0.0, cache_modifier=".cg")
+        l3 = tl.load(WS_S + row3 * 4 + 1, mask=sp_ok, other=0.0, cache_modifier=".cg")
         q_cls = tl.load(CLS + b * scb + (N - 1) * scn).to(tl.int32)
         p_var = tl.load(VARP + b * svp_b + h * svp_h)
+    if HAS_HS:
+        head_scale = tl.load(HS + b * shs_b + h * shs_h)
+    if WANT_MASS:
+        c = tl.arange(0, 16)
+        part = tl.load(WS_M + row0[:, None] * 16 + c[None, :], mask=sp_ok[:, None], other=0.0, cache_modifier=".cg")
+
+    m_max = tl.max(m, 0)
+    m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
+    w = tl.exp2(m - m_use)
+    l_i = tl.sum(w * l_s, 0)
+    acc = tl.sum(w[:, None] * a0, 0)
+    if PARTS == 4:
+        acc_ts = tl.sum(w[:, None] * a1, 0)
+        acc_vs = tl.sum(w[:, None] * a2, 0)
+        acc_v = tl.sum(w[:, None] * a3, 0)
+        p_ts = tl.sum(w * l1, 0)
+        p_vs = tl.sum(w * l2, 0)
+        p_vns = tl.sum(w * l3, 0)
+        l_i = l_i + p_ts + p_vs + p_vns
         w_sink, w_vis = var_weights(l_i, p_ts + p_vs, p_vs, p_vns, (q_cls & 1) == 0, p_var, var_rho, var_min_mass)
         acc = acc + w_sink * (acc_ts + acc_vs) + w_vis * acc_v
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = acc / l_safe
     if HAS_HS:
-        out = out * tl.load(HS + b * shs_b + h * shs_h)
+        out = out * head_scale
     tl.store(O + b * sob + h * soh + offs_d, out.to(O.dtype.element_ty), mask=d_ok)
     stat = b * H + h
     if WANT_LSE:
         tl.store(LSE + stat, tl.where(l_i > 0, (m_max + tl.log2(l_safe)) * LN2, float("-inf")))
     if WANT_MASS:
-        c = tl.arange(0, 16)
-        part = tl.load(WS_M + row0[:, None] * 16 + c[None, :], mask=sp_ok[:, None], other=0.0, cache_modifier=".cg")
         tl.store(MASS + stat * 16 + c, tl.sum(w[:, None] * part, 0) / l_safe)
 
 

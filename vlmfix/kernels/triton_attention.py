@@ -42,19 +42,27 @@ if INTERPRET:
         ("fwd", "fp32"): dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1),
         ("decode", "half"): dict(BLOCK_N=16, num_warps=4, num_stages=1),
         ("decode", "fp32"): dict(BLOCK_N=16, num_warps=4, num_stages=1),
+        ("decode_long", "half"): dict(BLOCK_N=32, num_warps=4, num_stages=1),
+        ("decode_long", "fp32"): dict(BLOCK_N=32, num_warps=4, num_stages=1),
     }
-    DECODE_SPLIT = dict(min_keys=32, keys_per_split=32, waves=64, busy_keys_per_split=32, busy_waves=64)
+    # (here every launch counts as busy: one "multiprocessor"; long_keys are reached by the tests' longer rows)
+    DECODE_SPLIT = dict(min_keys=32, keys_per_split=32, waves=64, busy_keys_per_split=32, busy_waves=64,
+                        long_keys=None, busy_long_keys=96)
 else:
     CONFIGS = {
         ("fwd", "half"): dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
         ("fwd", "fp32"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
         ("decode", "half"): dict(BLOCK_N=64, num_warps=4, num_stages=3),
         ("decode", "fp32"): dict(BLOCK_N=32, num_warps=4, num_stages=2),
+        ("decode_long", "half"): dict(BLOCK_N=128, num_warps=4, num_stages=2),
     }
     # Split the keys when a decode launch would leave multiprocessors idle (measured on an H200, docs/kernels.md):
     # under one wave of programs (batch 1) from 256 keys in 128-key pieces for ~2 waves; a launch of a wave or
-    # more (batch 8) only in pieces of at least 1024 keys for ~4 waves.
-    DECODE_SPLIT = dict(min_keys=256, keys_per_split=128, waves=2, busy_keys_per_split=1024, busy_waves=4)
+    # more (batch 8) only in pieces of at least 1024 keys for ~4 waves. Splits of at least ``long_keys`` keys
+    # (``busy_long_keys`` when the launch fills the GPU; None: never) take the ``decode_long`` configuration:
+    # 128-key blocks halve the per-block costs of key classes (at batch 1, N = 8192: VAR 1.26x -> 1.14x SDPA).
+    DECODE_SPLIT = dict(min_keys=256, keys_per_split=128, waves=2, busy_keys_per_split=1024, busy_waves=4,
+                        long_keys=768, busy_long_keys=None)
 
 # The two per-layer kernels launch without Triton's per-call binding once a call signature was seen (``_launch.py``).
 _decode_launch = DirectLaunch(decode_kernel, enabled=not INTERPRET)
@@ -81,10 +89,11 @@ _workspace: dict = {}
 _counters: dict = {}
 # Split decode merges its partial results in the last program to finish (one launch) instead of a combine launch.
 FUSED_COMBINE = True
-# Decode with key classes: load the next key block's classes one iteration ahead (not yet timed on a GPU: off).
-DECODE_PREFETCH_CLS = False
-# VAR prefill fix-up: next block's classes one iteration ahead, value load beside the key load (not yet timed: off).
-VAR_FIXUP_PREFETCH = False
+# Decode with key classes: load the next key block's classes one iteration ahead, so that their latency overlaps a
+# block's work instead of preceding its score effects (docs/kernels.md has the H200 timings of both settings).
+DECODE_PREFETCH_CLS = True
+# VAR prefill fix-up: next block's classes one iteration ahead, value load beside the key load.
+VAR_FIXUP_PREFETCH = True
 
 
 _LAUNCH_CHOICES = ("CONFIGS", "DECODE_SPLIT", "VAR_LAUNCH", "FUSED_COMBINE", "DECODE_PREFETCH_CLS",
@@ -141,6 +150,23 @@ def decode_splits(n: int, programs: int, block_n: int, device: torch.device) -> 
     if hit is not None:
         return hit
     hit = _split_cache[key] = _decode_splits(n, programs, block_n, device)
+    return hit
+
+
+def decode_plan(n: int, programs: int, kind: str, device: torch.device) -> tuple[dict, dict, int, int]:
+    """(constexpr block sizes, compile options, number of splits, keys per split) of a decode launch."""
+    key = ("plan", n, programs, kind, device)
+    hit = _split_cache.get(key)
+    if hit is None:
+        cfg = CONFIGS[("decode", kind)]
+        splits, chunk = decode_splits(n, programs, cfg["BLOCK_N"], device)
+        busy = programs >= _num_sms(device)
+        long_keys = DECODE_SPLIT.get("busy_long_keys" if busy else "long_keys")
+        long_cfg = CONFIGS.get(("decode_long", kind))
+        if long_cfg is not None and long_keys is not None and splits > 1 and chunk >= long_keys:
+            cfg = long_cfg
+            splits, chunk = decode_splits(n, programs, cfg["BLOCK_N"], device)
+        hit = _split_cache[key] = (*_split_cfg(cfg), splits, chunk)
     return hit
 
 
@@ -313,11 +339,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
     out = _empty((bsz, m, hq, d), dtype=q.dtype, device=dev)
 
     if m == 1:
-        cfg = CONFIGS[("decode", kind)]
-        block_n = cfg["BLOCK_N"]
         parts = 4 if var_p is not None else 1  # VAR: one accumulator row per part of the keys (_tri_decode.py)
         block_m = max(16, _pow2(parts * group))
-        splits, chunk = decode_splits(n, bsz * hkv, block_n, dev)
+        blocks, options, splits, chunk = decode_plan(n, bsz * hkv, kind, dev)
         fused = splits > 1 and FUSED_COMBINE
         if splits > 1:
             rows = bsz * hkv * splits * block_m
@@ -330,7 +354,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
         block_s = max(2, _pow2(splits))
         bits, hid, chans, sbits_b, shid_b, first, n_ch, hid_d, threshold, eps2, test_new, strict = \
             _sink_bit_args(sb, n, dummy)
-        blocks, options = _split_cfg(cfg)
         load_cls_any = load_cls or var_p is not None or sb is not None
         _decode_launch(
             (splits, bsz * hkv, 1),
