@@ -208,7 +208,7 @@ def sink_bit_cases():
     out.append((1, 28, 4, 1, 700, 128, bf, "all", False, {}, 3584))  # Qwen2-VL-7B
     out.append((3, 32, 8, 1, 2900, 128, bf, "all", True, {}, 4096))
     out.append((1, 32, 8, 1, 2900, 128, torch.float32, "var", False, {}, 4096))
-    out.append((1, 32, 32, 1, 2900, 128, bf, "var", False, dict(DECODE_PREFETCH_CLS=True), 4096))
+    out.append((1, 32, 32, 1, 2900, 128, bf, "var", False, dict(DECODE_PREFETCH_CLS=False), 4096))
     return out
 
 
@@ -228,14 +228,14 @@ def variants(quick: bool):
         out.append((3, 32, 8, 1, 2900, 128, bf, "all", True, dict(DECODE_SPLIT=split, FUSED_COMBINE=fused)))
         out.append((8, 28, 4, 1, 700, 128, bf, "all", False, dict(DECODE_SPLIT=split, FUSED_COMBINE=fused)))
     for n, b, hq, hkv in ((640, 1, 32, 8), (2900, 1, 32, 32), (700, 8, 28, 4), (8192, 3, 32, 8)):
-        out.append((b, hq, hkv, 1, n, 128, bf, "all", b == 3, dict(DECODE_PREFETCH_CLS=True)))
+        out.append((b, hq, hkv, 1, n, 128, bf, "all", b == 3, dict(DECODE_PREFETCH_CLS=False)))
     wide = {k: dict(v) for k, v in ta.CONFIGS.items()}
     wide[("decode", "half")].update(BLOCK_N=128, num_stages=2)
     for n, b, hq, hkv, pad in ((640, 1, 32, 32, False), (2900, 3, 32, 8, True), (700, 1, 28, 4, False)):
         out.append((b, hq, hkv, 1, n, 128, bf, "all", pad, dict(CONFIGS=wide)))
     for m, n, b, pad in ((640, 640, 1, False), (2900, 2900, 1, False), (1000, 1000, 3, True), (300, 2900, 1, False)):
-        out.append((b, 32, 8, m, n, 128, bf, "var", pad, dict(VAR_FIXUP_PREFETCH=True)))
-        out.append((b, 32, 8, m, n, 128, bf, "all", pad, dict(VAR_FIXUP_PREFETCH=True)))
+        out.append((b, 32, 8, m, n, 128, bf, "var", pad, dict(VAR_FIXUP_PREFETCH=False)))
+        out.append((b, 32, 8, m, n, 128, bf, "all", pad, dict(VAR_FIXUP_PREFETCH=False)))
     return out
 
 

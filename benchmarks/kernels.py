@@ -14,6 +14,9 @@ bf16, 32 query heads = 32 kv heads, head_dim 128, batch 1 prefill and batch 1 / 
                 (``reference.SinkBits``) and the new token's sink test (a 4096-wide hidden row) left to the kernel,
                 which also writes the token's bit.
 
+Decode also runs Qwen2-VL-7B's shape (28 query heads over 4 kv heads, hidden 3584; ``GQA_SHAPES``) at batch 1 for
+``none``, ``var`` and ``var_step``; these rows carry no bar (the bars are set for the 32-head workload).
+
 Kernel times are medians of ``triton.testing.do_bench`` (prefill) or of CUDA-graph replays
 (``do_bench_cudagraph``, decode, so launch gaps do not count); ours and SDPA alternate, twice, and the medians of
 the two rounds are kept. Decode is also timed end to end from Python (``wrapper_us``: host time per call of a tight
@@ -61,22 +64,23 @@ def prompt_layout(n: int, worst: bool = False) -> torch.Tensor:
     return cls.cuda()
 
 
-def make_params(method: str, b: int, n: int):
+def make_params(method: str, b: int, n: int, heads: int = H, hidden: int = 4096):
     if method == "none":
         return None
     cls = prompt_layout(n, worst=method == "var_worst").expand(b, n).contiguous()
-    p = ReweightParams(key_class=cls, var_p=torch.full((b, H), 0.5, device="cuda"), var_rho=0.5, var_min_mass=0.2)
+    p = ReweightParams(key_class=cls, var_p=torch.full((b, heads), 0.5, device="cuda"), var_rho=0.5,
+                       var_min_mass=0.2)
     if method == "var_step":
         bits = torch.zeros(b, 2 * n, dtype=torch.int32, device="cuda")
         bits[:, :n] = cls & SINK
-        hidden = torch.randn(b, 4096, device="cuda", dtype=DTYPE)
+        hidden_state = torch.randn(b, hidden, device="cuda", dtype=DTYPE)
         p.key_class = cls & ~SINK
-        p.sink_bits = SinkBits(bits, 0, hidden, torch.tensor([1415, 2533], device="cuda"), 4096 ** 0.5 / 20.0,
-                               (4096 * 1e-6) ** 0.5)
+        p.sink_bits = SinkBits(bits, 0, hidden_state, torch.tensor([1415, 2533], device="cuda"), hidden ** 0.5 / 20.0,
+                               (hidden * 1e-6) ** 0.5)
     if method == "all":
-        p.log_bias = torch.randn(b, H, 16, device="cuda") * 0.3
-        p.amp = torch.rand(b, H, 16, device="cuda") * 0.5
-        p.head_scale = torch.rand(b, H, device="cuda") + 0.5
+        p.log_bias = torch.randn(b, heads, 16, device="cuda") * 0.3
+        p.amp = torch.rand(b, heads, 16, device="cuda") * 0.5
+        p.head_scale = torch.rand(b, heads, device="cuda") + 0.5
     return p
 
 
@@ -138,11 +142,12 @@ def prefill(n: int, methods, records, graph=False):
 def _sdpa_decode(q, k, v, scale):
     """The fastest SDPA backend for this decode shape, by CUDA-graph replay time."""
     best = None
+    gqa = k.shape[1] != q.shape[1]
     for name, be in (("flash", SDPBackend.FLASH_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION),
                      ("cudnn", SDPBackend.CUDNN_ATTENTION), ("math", SDPBackend.MATH)):
         def fn(be=be):
             with sdpa_kernel(be):
-                return F.scaled_dot_product_attention(q, k, v, scale=scale)
+                return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
         try:
             fn()
             t = graph_bench(fn)
@@ -153,34 +158,48 @@ def _sdpa_decode(q, k, v, scale):
     return best
 
 
-def decode(n: int, b: int, methods, records):
-    q = torch.randn(b, H, 1, D, device="cuda", dtype=DTYPE)
-    k = torch.randn(b, H, n, D, device="cuda", dtype=DTYPE)
-    v = torch.randn(b, H, n, D, device="cuda", dtype=DTYPE)
+# Qwen2-VL-7B's attention shape (28 query heads over 4 kv heads) at the prompt lengths of generate.py: a VAR decode
+# tile there holds 4 parts x 7 heads = 28 rows, and batch 1 has only 4 (batch, kv head) programs before splitting.
+GQA_SHAPES = ((28, 4, 208), (28, 4, 336), (28, 4, 2900))
+
+
+def decode(n: int, b: int, methods, records, heads: int = H, kv_heads: int = H, hidden: int = 4096):
+    q = torch.randn(b, heads, 1, D, device="cuda", dtype=DTYPE)
+    k = torch.randn(b, kv_heads, n, D, device="cuda", dtype=DTYPE)
+    v = torch.randn(b, kv_heads, n, D, device="cuda", dtype=DTYPE)
     scale = D ** -0.5
     name, _, sdpa = _sdpa_decode(q, k, v, scale)
     sdpa_host = host_us(sdpa)
     for method in methods:
-        p = make_params(method, b, n)
+        p = make_params(method, b, n, heads, hidden)
         ours = lambda: ta.attention(q, k, v, scale=scale, params=p)  # noqa: E731
         ours()
         ms, sdpa_ms = alternate(ours, sdpa, graph_bench)
         wrapper = host_us(ours)
-        gbytes = 2 * b * H * n * D * 2 / 1e9
+        gbytes = 2 * b * kv_heads * n * D * 2 / 1e9
         records.append(dict(phase="decode", n=n, batch=b, method=method, ms=ms, sdpa_ms=sdpa_ms, ratio=ms / sdpa_ms,
-                            dtype="bf16", heads=H, kv_heads=H, head_dim=D, sdpa_backend=name,
+                            dtype="bf16", heads=heads, kv_heads=kv_heads, head_dim=D, sdpa_backend=name,
                             wrapper_us=wrapper, sdpa_wrapper_us=sdpa_host, wrapper_ratio=wrapper / sdpa_host,
                             tb_per_s=gbytes / ms))
         print(_fmt(records[-1]), flush=True)
 
 
+def _shape(r) -> str:
+    return "" if r.get("kv_heads", H) == r.get("heads", H) == H else f" ({r['heads']}/{r['kv_heads']} heads)"
+
+
+def _bar(r):
+    """The issue's bar for this row: defined for the 32-head workload only."""
+    return None if _shape(r) else BARS.get((r["phase"], r["method"]))
+
+
 def _fmt(r):
-    bar = BARS.get((r["phase"], "var" if r["method"] == "var" else r["method"]))
+    bar = _bar(r)
     verdict = "" if bar is None else ("ok" if r["ratio"] <= bar else f"MISS(>{bar})")
     extra = f" wrapper {r['wrapper_us']:.1f}us vs {r['sdpa_wrapper_us']:.1f}us" if "wrapper_us" in r else ""
     if "graph_ms" in r:
         extra += f" gpu {r['graph_ms']:.4f} vs {r['sdpa_graph_ms']:.4f} ms"
-    return (f"{r['phase']:7} n={r['n']:5} b={r['batch']} {r['method']:9} ours {r['ms']:8.4f} ms  "
+    return (f"{r['phase']:7} n={r['n']:5} b={r['batch']} {r['method'] + _shape(r):9} ours {r['ms']:8.4f} ms  "
             f"sdpa[{r['sdpa_backend']}] {r['sdpa_ms']:8.4f} ms  x{r['ratio']:.3f} {verdict}{extra}")
 
 
@@ -197,27 +216,29 @@ def _decode_config(**change):
     return cfgs
 
 
-# The previous defaults and the alternatives each new default was chosen over (docs/kernels.md), and candidates for
-# batch-1 decode with VAR (its extra GPU time is per key block): prefetching classes, fewer and larger key blocks,
-# fewer pipeline stages (fewer registers), more and shorter splits.
+# Alternatives to the current defaults, timed beside them: each of the two class prefetches off, 64-key blocks for
+# long batch-1 splits, 128-key blocks for every split, and 64-key splits (more programs, fewer blocks each).
 SWEEP = [
+    (dict(DECODE_PREFETCH_CLS=False), "decode", (640, 2900, 8192), (1, 8), ("var", "var_step", "all")),
+    (dict(VAR_FIXUP_PREFETCH=False), "prefill", (640, 2900, 8192), (1,), ("var", "all")),
+    (dict(DECODE_SPLIT=dict(ta.DECODE_SPLIT, long_keys=None)), "decode", (8192,), (1,), ("none", "var", "var_step")),
+    (dict(CONFIGS=_decode_config(BLOCK_N=128, num_stages=2)), "decode", (640, 2900), (1,),
+     ("none", "var", "var_step")),
+    (dict(DECODE_SPLIT=dict(ta.DECODE_SPLIT, keys_per_split=64, waves=4)), "decode", (640, 2900), (1,),
+     ("none", "var", "var_step")),
+]
+# The choices each earlier default was made over (docs/kernels.md), timed again with ``--sweep-past``.
+SWEEP_PAST = [
     (dict(VAR_LAUNCH="pair"), "prefill", (640, 2900, 8192), (1,), ("var", "all")),
     (dict(FUSED_COMBINE=False), "decode", (2900, 8192), (1,), ("none", "var")),
-    (dict(DECODE_PREFETCH_CLS=True), "decode", (640, 2900, 8192), (1, 8), ("var", "var_step", "all")),
-    (dict(VAR_FIXUP_PREFETCH=True), "prefill", (640, 2900, 8192), (1,), ("var", "all")),
-    (dict(CONFIGS=_decode_config(BLOCK_N=128, num_stages=2)), "decode", (640, 2900, 8192), (1,),
-     ("none", "var", "var_step")),
-    (dict(CONFIGS=_decode_config(num_stages=2)), "decode", (640, 2900, 8192), (1,), ("none", "var", "var_step")),
-    (dict(DECODE_SPLIT=dict(min_keys=256, keys_per_split=64, waves=4, busy_keys_per_split=1024, busy_waves=4)),
-     "decode", (640, 2900, 8192), (1,), ("none", "var", "var_step")),
     (dict(DECODE_SPLIT=dict(min_keys=1024, keys_per_split=256, waves=2, busy_keys_per_split=256, busy_waves=2)),
      "decode", (640, 2900), (1, 8), ("none", "var")),
 ]
 
 
-def sweep(records):
+def sweep(records, entries=SWEEP, save=lambda: None):
     """Alternatives to the defaults in triton_attention, timed the same way (kept in the *_all.json file only)."""
-    for overrides, phase, ns, batches, methods in SWEEP:
+    for overrides, phase, ns, batches, methods in entries:
         rec = []
 
         def run():
@@ -230,6 +251,7 @@ def sweep(records):
         with ta.launch_choices(**overrides):
             run()
         records.extend(_tag(rec, overrides))
+        save()
 
 
 def markdown(records, meta) -> str:
@@ -255,10 +277,10 @@ def markdown(records, meta) -> str:
     for r in records:
         if r["phase"].startswith("sweep"):
             continue
-        bar = BARS.get((r["phase"], r["method"]))
+        bar = _bar(r)
         verdict = "—" if bar is None else f"≤ {bar} " + ("✅" if r["ratio"] <= bar else "❌")
         gpu = (f"{r['graph_ms']:.4f} / {r['sdpa_graph_ms']:.4f}" if "graph_ms" in r else "—")
-        out.append(f"| {r['phase']} | {r['n']} | {r['batch']} | {r['method']} | {r['ms']:.4f} | {r['sdpa_ms']:.4f} "
+        out.append(f"| {r['phase']} | {r['n']} | {r['batch']} | {r['method']}{_shape(r)} | {r['ms']:.4f} | {r['sdpa_ms']:.4f} "
                    f"({r['sdpa_backend']}) | {r['ratio']:.2f} | {verdict} | {gpu} | {r['wrapper_us']:.0f} / "
                    f"{r['sdpa_wrapper_us']:.0f} |")
     sweep_rows = [r for r in records if r["phase"].startswith("sweep")]
@@ -277,6 +299,7 @@ def main():
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--sweep", action="store_true", help="also try a few launch configurations")
     ap.add_argument("--sweep-only", action="store_true", help="only the sweep (writes kernels_h200_sweep.json)")
+    ap.add_argument("--sweep-past", action="store_true", help="with a sweep, also the choices of earlier defaults")
     ap.add_argument("--phases", default="prefill,decode", help="which of prefill, decode to time")
     args = ap.parse_args()
     phases = set(args.phases.split(","))
@@ -291,34 +314,46 @@ def main():
                 decode_split=dict(ta.DECODE_SPLIT), var_launch=ta.VAR_LAUNCH,
                 fused_combine=ta.FUSED_COMBINE)
     print(json.dumps(meta), flush=True)
+    entries = SWEEP + (SWEEP_PAST if args.sweep_past else [])
+
+    def dump(name, obj):  # atomically: a run cut by a time limit leaves the files of its last finished group
+        path = os.path.join(args.out, name)
+        with open(path + ".tmp", "w") as fh:
+            fh.write(obj if isinstance(obj, str) else json.dumps(obj, indent=1))
+        os.replace(path + ".tmp", path)
+
+    def save():
+        meta["direct_launch"] = {name: dict(enabled=launch.enabled, error=launch.error)
+                                 for name, launch in (("decode", ta._decode_launch), ("forward", ta._fwd_launch))}
+        if args.sweep_only:
+            dump("kernels_h200_sweep.json", dict(meta=meta, records=records))
+            return
+        dump("kernels_h200.json", [r for r in records if not r["phase"].startswith("sweep")])
+        dump("kernels_h200.md", markdown(records, meta))
+        if args.sweep:
+            dump("kernels_h200_all.json", dict(meta=meta, records=records))
+
     if args.sweep_only:
-        sweep(records)
-        with open(os.path.join(args.out, "kernels_h200_sweep.json"), "w") as fh:
-            json.dump(dict(meta=meta, records=records), fh, indent=1)
+        sweep(records, entries, save)
         print("\n" + "\n".join(_fmt(r) + f"  {r.get('config')}" for r in records))
         return
     if "prefill" in phases:
         for n in (640, 2900, 8192):
             prefill(n, ("none", "var", "var_worst", "all"), records, graph=n == 640)
+            save()
     if "decode" in phases:
         for b in (1, 8):
             for n in (640, 2900, 8192):
                 decode(n, b, ("none", "var", "var_step", "all"), records)
+                save()
+        for hq, hkv, n in GQA_SHAPES:
+            decode(n, 1, ("none", "var", "var_step"), records, heads=hq, kv_heads=hkv, hidden=3584)
+            save()
     if args.sweep:
-        sweep(records)
-    meta["direct_launch"] = {name: dict(enabled=launch.enabled, error=launch.error)
-                             for name, launch in (("decode", ta._decode_launch), ("forward", ta._fwd_launch))}
+        sweep(records, entries, save)
+    save()
     print("direct launch:", meta["direct_launch"], flush=True)
-    main_records = [r for r in records if not r["phase"].startswith("sweep")]
-    with open(os.path.join(args.out, "kernels_h200.json"), "w") as fh:
-        json.dump(main_records, fh, indent=1)
-    with open(os.path.join(args.out, "kernels_h200.md"), "w") as fh:
-        fh.write(markdown(records, meta))
-    if args.sweep:
-        with open(os.path.join(args.out, "kernels_h200_all.json"), "w") as fh:
-            json.dump(dict(meta=meta, records=records), fh, indent=1)
     print("\n" + "\n".join(_fmt(r) for r in records))
-
 
 if __name__ == "__main__":
     main()

@@ -78,6 +78,34 @@ def build(layers: int, hidden: int, heads: int, image: int = 56):
     return model, inputs
 
 
+def build_qwen(layers: int, hidden: int, heads: int, grid: int = 8):
+    """The same tiny-but-deep shape as ``build`` in the Qwen2-VL family (GQA 2:1, M-RoPE, a 2-layer ViT): one
+    ``grid`` x ``grid``-patch image merged 2 x 2 into ``grid**2 / 4`` tokens."""
+    import transformers as tf
+
+    text = tf.Qwen2VLTextConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden,
+                                num_hidden_layers=layers, num_attention_heads=heads,
+                                num_key_value_heads=max(1, heads // 2), max_position_embeddings=2048,
+                                rope_parameters=dict(rope_type="default", mrope_section=[2, 3, 3], rope_theta=10000.0))
+    vision = tf.Qwen2VLVisionConfig(depth=2, embed_dim=32, hidden_size=hidden, num_heads=4, patch_size=14,
+                                    spatial_merge_size=2, temporal_patch_size=2, mlp_ratio=2)
+    cfg = tf.Qwen2VLConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), image_token_id=IMAGE_ID,
+                           video_token_id=IMAGE_ID - 1, vision_start_token_id=IMAGE_ID - 2,
+                           vision_end_token_id=IMAGE_ID - 3)
+    torch.manual_seed(0)
+    model = tf.Qwen2VLForConditionalGeneration(cfg).eval()
+    gen = model.generation_config
+    gen.pad_token_id, gen.eos_token_id, gen.bos_token_id, gen.do_sample = 0, 2, 1, False
+    n_img = grid * grid // 4
+    g = torch.Generator().manual_seed(1)
+    ids = torch.cat([torch.tensor([1]), torch.randint(3, 500, (3,), generator=g), torch.tensor([IMAGE_ID - 2]),
+                     torch.full((n_img,), IMAGE_ID), torch.tensor([IMAGE_ID - 3]),
+                     torch.randint(3, 500, (58,), generator=g)])[None]
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+              "pixel_values": torch.randn(grid * grid, 3 * 2 * 14 * 14, generator=g),
+              "image_grid_thw": torch.tensor([[1, grid, grid]]), "mm_token_type_ids": (ids == IMAGE_ID).long()}
+    return model, inputs
+
 # ----------------------------------------------------------------------------------------------------------------------
 # kernel stub: SDPA that ignores the re-weighting parameters (isolates our Python from the kernel's cost)
 # ----------------------------------------------------------------------------------------------------------------------
@@ -417,8 +445,9 @@ def main(argv=None):
     ap.add_argument("--profile", default=None, nargs="?", const="all+stub", metavar="CONFIG",
                     help="cProfile the decode loop of CONFIG (default all+stub)")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--model", default="tiny", choices=("tiny", "llava7b"),
-                    help="llava7b: generate.py's LLaVA-1.5-7B shape with random bf16 weights (needs a GPU)")
+    ap.add_argument("--model", default="tiny", choices=("tiny", "tiny-qwen2_vl", "llava7b"),
+                    help="tiny: LLaVA; tiny-qwen2_vl: the same depth and width in the Qwen2-VL family; "
+                         "llava7b: generate.py's LLaVA-1.5-7B shape with random bf16 weights (needs a GPU)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backend", default="torch", choices=("torch", "triton"))
     ap.add_argument("--batch", type=int, default=1)
@@ -436,12 +465,12 @@ def main(argv=None):
         model, inputs, dims, tau = build_7b(device, args.batch)
         n, width = model.config.text_config.num_hidden_layers, model.config.text_config.hidden_size
     else:
-        model, inputs = build(args.layers, args.hidden, args.heads)
+        model, inputs = (build_qwen if args.model == "tiny-qwen2_vl" else build)(args.layers, args.hidden, args.heads)
         dims = (7, 41)
         tau = calibrate_tau(model, inputs, dims)
         n, width = args.layers, args.hidden
     cfgs = args.configs.split(",")
-    print(f"model: LLaVA ({args.model}), Llama {n} x {width}, batch {inputs['input_ids'].shape[0]}, prompt "
+    print(f"model: {args.model}, language model {n} x {width}, batch {inputs['input_ids'].shape[0]}, prompt "
           f"{inputs['input_ids'].shape[1]} tokens; VAR dims {dims} tau {tau:.3f}; backend {BACKEND}, device {device}; "
           f"torch {torch.__version__}")
 
