@@ -209,6 +209,8 @@ def sink_bit_cases():
     out.append((3, 32, 8, 1, 2900, 128, bf, "all", True, {}, 4096))
     out.append((1, 32, 8, 1, 2900, 128, torch.float32, "var", False, {}, 4096))
     out.append((1, 32, 32, 1, 2900, 128, bf, "var", False, dict(DECODE_PREFETCH_CLS=False), 4096))
+    out.append((1, 32, 32, 1, 640, 128, bf, "var", False, dict(MERGE_UNROLLED=True), 4096))
+    out.append((1, 28, 4, 1, 336, 128, bf, "all", False, dict(MERGE_UNROLLED=True), 3584))
     return out
 
 
@@ -229,6 +231,10 @@ def variants(quick: bool):
         out.append((8, 28, 4, 1, 700, 128, bf, "all", False, dict(DECODE_SPLIT=split, FUSED_COMBINE=fused)))
     for n, b, hq, hkv in ((640, 1, 32, 8), (2900, 1, 32, 32), (700, 8, 28, 4), (8192, 3, 32, 8)):
         out.append((b, hq, hkv, 1, n, 128, bf, "all", b == 3, dict(DECODE_PREFETCH_CLS=False)))
+    for n, b, hq, hkv, method in ((640, 1, 32, 8, "var"), (640, 1, 32, 8, "all"), (2900, 1, 32, 32, "all"),
+                                  (8192, 3, 32, 8, "all"), (700, 1, 28, 4, "all"), (336, 1, 28, 4, "var"),
+                                  (2900, 8, 28, 4, "all")):
+        out.append((b, hq, hkv, 1, n, 128, bf, method, b == 3, dict(MERGE_UNROLLED=True)))
     wide = {k: dict(v) for k, v in ta.CONFIGS.items()}
     wide[("decode", "half")].update(BLOCK_N=128, num_stages=2)
     for n, b, hq, hkv, pad in ((640, 1, 32, 32, False), (2900, 3, 32, 8, True), (700, 1, 28, 4, False)):

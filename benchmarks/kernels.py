@@ -216,9 +216,12 @@ def _decode_config(**change):
     return cfgs
 
 
-# Alternatives to the current defaults, timed beside them: each of the two class prefetches off, 64-key blocks for
-# long batch-1 splits, 128-key blocks for every split, and 64-key splits (more programs, fewer blocks each).
+# Alternatives to the current defaults, timed beside them: the unrolled split merge (a candidate, off by default),
+# each of the two class prefetches off, 64-key blocks for long batch-1 splits, 128-key blocks for every split, and
+# 64-key splits (more programs, fewer blocks each). Phase "decode_gqa" runs the GQA_SHAPES at batch 1.
 SWEEP = [
+    (dict(MERGE_UNROLLED=True), "decode", (640, 2900, 8192), (1, 8), ("none", "var", "var_step", "all")),
+    (dict(MERGE_UNROLLED=True), "decode_gqa", (), (1,), ("none", "var", "var_step")),
     (dict(DECODE_PREFETCH_CLS=False), "decode", (640, 2900, 8192), (1, 8), ("var", "var_step", "all")),
     (dict(VAR_FIXUP_PREFETCH=False), "prefill", (640, 2900, 8192), (1,), ("var", "all")),
     (dict(DECODE_SPLIT=dict(ta.DECODE_SPLIT, long_keys=None)), "decode", (8192,), (1,), ("none", "var", "var_step")),
@@ -242,6 +245,10 @@ def sweep(records, entries=SWEEP, save=lambda: None):
         rec = []
 
         def run():
+            if phase == "decode_gqa":
+                for hq, hkv, n in GQA_SHAPES:
+                    decode(n, 1, methods, rec, heads=hq, kv_heads=hkv, hidden=3584)
+                return
             for b in batches:
                 for n in ns:
                     if phase == "prefill":

@@ -77,7 +77,7 @@ def decode_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS, WS_O, WS_
                   WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr, DOT_FP32: tl.constexpr,
                   BLOCK_S: tl.constexpr, FUSED_COMBINE: tl.constexpr, HAS_BITS: tl.constexpr,
                   TEST_NEW: tl.constexpr, STRICT: tl.constexpr, BLOCK_HID: tl.constexpr, BLOCK_CH: tl.constexpr,
-                  PREFETCH_CLS: tl.constexpr):
+                  PREFETCH_CLS: tl.constexpr, MERGE_UNROLLED: tl.constexpr):
     """Rows of the tile are (part, query head of the group): VAR's four value accumulators of a head become four
     rows of one product, so VAR costs no extra matrix product and, for groups of up to four heads, no extra rows.
 
@@ -191,9 +191,14 @@ def decode_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS, WS_O, WS_
             if ticket == SPLITS - 1:
                 tl.debug_barrier()
                 for g in tl.static_range(GROUP):
-                    _combine_head(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, b, hk * G + g, sob, soh, scb,
-                                  scn, svp_b, svp_h, shs_b, shs_h, var_rho, var_min_mass, N, H, G, HEAD_DIM,
-                                  BLOCK_D, BLOCK_M, SPLITS, BLOCK_S, PARTS, HAS_HS, WANT_LSE, WANT_MASS)
+                    if MERGE_UNROLLED:
+                        _merge_head_unrolled(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, b, hk * G + g, sob, soh,
+                                             scb, scn, svp_b, svp_h, shs_b, shs_h, var_rho, var_min_mass, N, H, G,
+                                             HEAD_DIM, BLOCK_D, BLOCK_M, SPLITS, PARTS, HAS_HS, WANT_LSE, WANT_MASS)
+                    else:
+                        _combine_head(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, b, hk * G + g, sob, soh, scb,
+                                      scn, svp_b, svp_h, shs_b, shs_h, var_rho, var_min_mass, N, H, G, HEAD_DIM,
+                                      BLOCK_D, BLOCK_M, SPLITS, BLOCK_S, PARTS, HAS_HS, WANT_LSE, WANT_MASS)
                 tl.atomic_xchg(CNT + pid, 0)  # ready for the next launch
 
 
@@ -264,6 +269,67 @@ def _combine_head(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, b, h, sob, soh,
         tl.store(LSE + stat, tl.where(l_i > 0, (m_max + tl.log2(l_safe)) * LN2, float("-inf")))
     if WANT_MASS:
         tl.store(MASS + stat * 16 + c, tl.sum(w[:, None] * part, 0) / l_safe)
+
+
+@triton.jit
+def _merge_head_unrolled(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, b, h, sob, soh, scb, scn, svp_b, svp_h,
+                         shs_b, shs_h, var_rho, var_min_mass, N, H, G, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                         BLOCK_M: tl.constexpr, SPLITS: tl.constexpr, PARTS: tl.constexpr, HAS_HS: tl.constexpr,
+                         WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr):
+    """``_combine_head`` with the splits unrolled (``MERGE_UNROLLED``): each split's values are scalars or one row
+    spread over the threads, so merging them is elementwise work in every thread, where ``_combine_head``'s sums
+    over a (splits x head dim) tile cross warps through shared memory and block barriers. The merge runs after every
+    other program of its (batch, kv head) is done, so those round trips are the end of the launch's critical path.
+    Same arithmetic: rescale each split to the common max, add; VAR decided on the merged part masses."""
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    row0 = (b * (H // G) + h // G) * SPLITS * BLOCK_M + h % G  # split s: row0 + s * BLOCK_M; part k: + k * G
+    m_max = tl.load(WS_S + row0 * 4, cache_modifier=".cg")
+    for sp in tl.static_range(1, SPLITS):
+        m_max = tl.maximum(m_max, tl.load(WS_S + (row0 + sp * BLOCK_M) * 4, cache_modifier=".cg"))
+    m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    l_i = 0.0
+    if PARTS == 4:
+        acc_sink = tl.zeros([BLOCK_D], dtype=tl.float32)
+        acc_v = tl.zeros([BLOCK_D], dtype=tl.float32)
+        p_ts = 0.0
+        p_vs = 0.0
+        p_vns = 0.0
+    if WANT_MASS:
+        c = tl.arange(0, 16)
+        mass = tl.zeros([16], dtype=tl.float32)
+    for sp in tl.static_range(SPLITS):
+        row = row0 + sp * BLOCK_M
+        w = tl.exp2(tl.load(WS_S + row * 4, cache_modifier=".cg") - m_use)
+        acc += w * tl.load(WS_O + row * BLOCK_D + offs_d, cache_modifier=".cg")
+        l_i += w * tl.load(WS_S + row * 4 + 1, cache_modifier=".cg")
+        if PARTS == 4:
+            # the other parts of this head (text sinks, visual sinks, visual non-sinks) share the split's max
+            acc_sink += w * (tl.load(WS_O + (row + G) * BLOCK_D + offs_d, cache_modifier=".cg")
+                             + tl.load(WS_O + (row + 2 * G) * BLOCK_D + offs_d, cache_modifier=".cg"))
+            acc_v += w * tl.load(WS_O + (row + 3 * G) * BLOCK_D + offs_d, cache_modifier=".cg")
+            p_ts += w * tl.load(WS_S + (row + G) * 4 + 1, cache_modifier=".cg")
+            p_vs += w * tl.load(WS_S + (row + 2 * G) * 4 + 1, cache_modifier=".cg")
+            p_vns += w * tl.load(WS_S + (row + 3 * G) * 4 + 1, cache_modifier=".cg")
+        if WANT_MASS:
+            mass += w * tl.load(WS_M + row * 16 + c, cache_modifier=".cg")
+    if PARTS == 4:
+        l_i = l_i + p_ts + p_vs + p_vns
+        q_cls = tl.load(CLS + b * scb + (N - 1) * scn).to(tl.int32)
+        p_var = tl.load(VARP + b * svp_b + h * svp_h)
+        w_sink, w_vis = var_weights(l_i, p_ts + p_vs, p_vs, p_vns, (q_cls & 1) == 0, p_var, var_rho, var_min_mass)
+        acc = acc + w_sink * acc_sink + w_vis * acc_v
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    out = acc / l_safe
+    if HAS_HS:
+        out = out * tl.load(HS + b * shs_b + h * shs_h)
+    tl.store(O + b * sob + h * soh + offs_d, out.to(O.dtype.element_ty), mask=d_ok)
+    stat = b * H + h
+    if WANT_LSE:
+        tl.store(LSE + stat, tl.where(l_i > 0, (m_max + tl.log2(l_safe)) * LN2, float("-inf")))
+    if WANT_MASS:
+        tl.store(MASS + stat * 16 + c, mass / l_safe)
 
 
 @triton.jit
