@@ -222,6 +222,9 @@ def _decode_config(**change):
 SWEEP = [
     (dict(MERGE_UNROLLED=True), "decode", (640, 2900, 8192), (1, 8), ("none", "var", "var_step", "all")),
     (dict(MERGE_UNROLLED=True), "decode_gqa", (), (1,), ("none", "var", "var_step")),
+    # rows under 256 keys are not split: 4 programs for Qwen2-VL-7B at batch 1 (its prompts are ~210 keys)
+    (dict(MERGE_UNROLLED=True, DECODE_SPLIT=dict(ta.DECODE_SPLIT, min_keys=128)), "decode_gqa", (), (1,),
+     ("none", "var", "var_step")),
     (dict(DECODE_PREFETCH_CLS=False), "decode", (640, 2900, 8192), (1, 8), ("var", "var_step", "all")),
     (dict(VAR_FIXUP_PREFETCH=False), "prefill", (640, 2900, 8192), (1,), ("var", "all")),
     (dict(DECODE_SPLIT=dict(ta.DECODE_SPLIT, long_keys=None)), "decode", (8192,), (1,), ("none", "var", "var_step")),
