@@ -95,8 +95,10 @@ DECODE_PREFETCH_CLS = True
 # VAR prefill fix-up: next block's classes one iteration ahead, value load beside the key load.
 VAR_FIXUP_PREFETCH = True
 # Split decode's merge with the splits unrolled: elementwise work per thread instead of sums that cross warps (fewer
-# block barriers at the end of the launch; not yet timed on a GPU: off).
+# block barriers at the end of the launch; not yet timed on a GPU: off). Only up to MERGE_UNROLLED_MAX_SPLITS
+# splits: compiled for sm_90, 16 unrolled VAR splits keep the kernel at 130 registers, 32 take it to 202.
 MERGE_UNROLLED = False
+MERGE_UNROLLED_MAX_SPLITS = 16
 
 
 _LAUNCH_CHOICES = ("CONFIGS", "DECODE_SPLIT", "VAR_LAUNCH", "FUSED_COMBINE", "DECODE_PREFETCH_CLS",
@@ -369,7 +371,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
                  FUSED_COMBINE=fused, HAS_BITS=sb is not None,
                  TEST_NEW=test_new, STRICT=strict, BLOCK_HID=_pow2(hid_d) if test_new else 16,
                  BLOCK_CH=max(2, _pow2(n_ch)) if test_new else 2, PREFETCH_CLS=DECODE_PREFETCH_CLS and load_cls_any,
-                 MERGE_UNROLLED=MERGE_UNROLLED and fused, **common, **blocks),
+                 MERGE_UNROLLED=MERGE_UNROLLED and fused and splits <= MERGE_UNROLLED_MAX_SPLITS,
+                 **common, **blocks),
             options)
         if splits > 1 and not fused:
             combine_kernel[(bsz * hq,)](
