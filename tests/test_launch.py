@@ -106,3 +106,82 @@ def test_disabled_and_misdeclared_kernels():
         DirectLaunch(FakeJit(), enabled=True)((1, 1, 1), (x, 32), {"BLOCK": 16, "FLAG": False}, {})
     with pytest.raises(ValueError, match="three entries"):
         DirectLaunch(FakeJit(), enabled=True)((1, 1), (x, 32, 0.5), {"BLOCK": 16, "FLAG": False}, {})
+
+
+def _params_from_signature(fn):
+    """A jitted kernel's (name, is_constexpr) list from its Python signature: under the interpreter the jitted
+    function carries none."""
+    import inspect
+
+    py = getattr(fn, "fn", fn)
+    return [SimpleNamespace(name=name, is_constexpr="constexpr" in str(p.annotation))
+            for name, p in inspect.signature(py).parameters.items()]
+
+
+class CountingJit:
+    """Stands in for the decode kernel: counts Triton-path calls; its compiled kernel launches nothing."""
+
+    __name__ = "decode_kernel"
+
+    def __init__(self, params):
+        self.params = params
+        self.triton_calls = 0
+
+    def __getitem__(self, grid):
+        def run(*args, **kw):
+            self.triton_calls += 1
+            return _NoLaunch()
+        return run
+
+
+class _NoLaunch:
+    def __getitem__(self, grid):
+        return lambda *args: None
+
+
+@pytest.mark.parametrize("method", ["var", "all"])
+def test_a_generate_reuses_each_compiled_decode_kernel(monkeypatch, method):
+    """The decode calls of a patched generate select a compiled kernel by what Triton specialises on, which changes
+    with the key count only now and then (its being a multiple of 16, the number of splits). A value that differs on
+    every call (a fresh buffer's alignment, a stride that grows with each token) would send every layer and token
+    through Triton's slow binding, which is about as much host time again as the rest of our per-layer path."""
+    import sys
+
+    import vlmfix
+    from vlmfix.kernels import reference
+    from vlmfix.kernels import triton_attention as ta
+    from vlmfix.kernels._tri_decode import decode_kernel
+    from vlmfix.patches import session as session_mod
+
+    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    import families
+
+    jit = CountingJit(_params_from_signature(decode_kernel))
+    launch = DirectLaunch(jit, enabled=True)
+    variants = []
+
+    def counted(grid, args, constexprs, options):
+        variants.append(tuple(constexprs.values()))
+        return launch(grid, args, constexprs, options)
+
+    def attention(q, k, v, *, scale, mask=None, params=None, want=(), backend="auto"):
+        if q.shape[2] == 1 and not want:  # the decode path up to the launch; the output from the reference
+            ta.attention(q, k, v, scale=scale, mask=mask, params=params)
+        return reference.attention(q, k, v, scale=scale, mask=mask, params=params, want=want)
+
+    monkeypatch.setattr(ta, "_decode_launch", counted)
+    monkeypatch.setattr(session_mod, "kernel_attention", attention)
+    tiny = families.llava()
+    inputs = tiny.inputs(pad=False)
+    methods = [vlmfix.VAR(sink_dims=(3, 7), tau=1.5)]
+    if method == "all":
+        methods += [vlmfix.VHR(mode="fused"), vlmfix.DualStream()]
+    with vlmfix.patched(tiny.model, *methods, backend="torch"), torch.no_grad():
+        tiny.model.generate(**inputs, max_new_tokens=40, min_new_tokens=40, do_sample=False)
+    calls = len(variants)
+    assert calls >= 39 * 2, calls  # every decode step went through the launch, in every patched layer
+    # Triton's path once per compiled kernel: at most two per constexpr variant (the key count a multiple of 16 or
+    # not), and the variants themselves few (per kind of layer, the number of splits as the keys grow)
+    n_variants = len(set(variants))
+    assert jit.triton_calls <= 2 * n_variants <= 32, (jit.triton_calls, n_variants)
+    assert calls >= 5 * jit.triton_calls, (calls, jit.triton_calls)
