@@ -539,3 +539,19 @@ def test_var_fixup_prefetch_with_padding_and_every_effect(monkeypatch, m, n):
     mask = left_padding(2, m, n, [0, 3])
     params = method_params("all", 2, 4, cls, gen, m, n, q, k, v, 0.125, mask)
     check(q, k, v, scale=0.125, mask=mask, params=params)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("hidden", [False, True])
+def test_sink_bits_too_short_for_the_keys_is_an_error_on_both_backends(backend, hidden):
+    """A SINK-bit row without a column for every key is refused before anything is written or launched."""
+    gen = torch.Generator().manual_seed(4)
+    q, k, v, cls = inputs(1, 4, 2, 1, 40, 64, torch.float32, gen)
+    bits = torch.zeros(1, 41, dtype=torch.int32)
+    sb = reference.SinkBits(bits, 2, torch.randn(1, 96, generator=gen) if hidden else None,
+                            torch.tensor([3, 7]) if hidden else None, 3.0, 0.1)
+    params = ReweightParams(key_class=cls, var_p=torch.full((1, 4), 0.6), sink_bits=sb)
+    fn = reference.attention if backend == "torch" else ta.attention
+    with pytest.raises(ValueError, match="holds 41 columns; keys need columns up to 42"):
+        fn(q, k, v, scale=0.125, params=params)
+    assert int(bits.abs().sum()) == 0

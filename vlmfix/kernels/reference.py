@@ -62,6 +62,12 @@ class SinkBits:
     eps_norm: float = 0.0
     strict: bool = False
 
+    def check_columns(self, n: int) -> None:
+        """Raises unless ``bits`` has a column for each of ``n`` keys from ``first``."""
+        if self.bits.shape[1] < self.first + n:
+            raise ValueError(f"SinkBits.bits holds {self.bits.shape[1]} columns; keys need columns up to "
+                             f"{self.first + n}")
+
 
 def new_key_is_sink(sb: SinkBits) -> torch.Tensor:
     """(B,) bool: the test ``SinkBits`` describes, on ``sb.hidden``, in fp32 (fp64 for fp64 states)."""
@@ -74,6 +80,7 @@ def new_key_is_sink(sb: SinkBits) -> torch.Tensor:
 
 def fold_sink_bits(key_class: torch.Tensor | None, sb: SinkBits, n: int, m: int) -> torch.Tensor:
     """(B, N) classes with the SINK bits OR-ed in; runs (and records) the new key's test when ``sb.hidden`` is set."""
+    sb.check_columns(n)
     if sb.hidden is not None:
         if m != 1:
             raise ValueError(f"SinkBits.hidden tests the new key of a decode step (one query row), got {m} rows")
@@ -81,8 +88,6 @@ def fold_sink_bits(key_class: torch.Tensor | None, sb: SinkBits, n: int, m: int)
         col = sb.first + n - 1
         sb.bits[:, col] = torch.where(hit, SINK, 0).to(sb.bits.dtype)
     bits = sb.bits[:, sb.first:sb.first + n]
-    if bits.shape[1] != n:
-        raise ValueError(f"SinkBits.bits holds {sb.bits.shape[1]} columns; keys need columns up to {sb.first + n}")
     return bits.to(torch.int32) if key_class is None else key_class | bits
 
 

@@ -240,9 +240,8 @@ def _sink_bit_args(sb, n: int, dummy: torch.Tensor) -> tuple:
     strides, the first column, the channel count and width, the test's two constants, TEST_NEW and STRICT."""
     if sb is None:
         return dummy, dummy, dummy, 0, 0, 0, 0, 0, 0.0, 0.0, False, False
+    sb.check_columns(n)
     bits = sb.bits
-    if bits.shape[1] < sb.first + n:
-        raise ValueError(f"SinkBits.bits holds {bits.shape[1]} columns; keys need columns up to {sb.first + n}")
     sbits_b = bits.stride(0) if bits.shape[0] != 1 else 0
     hid = sb.hidden
     if hid is None:
