@@ -194,7 +194,7 @@ def cases(quick: bool, tiny: bool = False):
     # Most informative first, so a run cut by a time limit still covers the most code: decode (every generated
     # token), the separate-SINK-bits decode, the non-default launch choices, then prefill (slowest to check).
     plain = [c + ({},) for c in out]
-    return ([c for c in plain if c[3] == 1] + sink_bit_cases() + variants(quick)
+    return ([c for c in plain if c[3] == 1] + sink_bit_cases() + variants()
             + [c for c in plain if c[3] != 1])
 
 
@@ -214,7 +214,7 @@ def sink_bit_cases():
     return out
 
 
-def variants(quick: bool):
+def variants():
     """Launch choices other than the defaults, each over the cases it changes (the 9th field: module overrides)."""
     bf = torch.bfloat16
     out = []

@@ -301,6 +301,21 @@ def profile_loop(model, inputs, cfg, steps, sink_dims, tau, top=18):
             for tt, ct, nc, name in rows[:top]]
 
 
+def best_us_per_call(fn, n):
+    """Host cost of one call of ``fn`` in us: the best of 5 rounds of ``n`` calls after one warm-up call, timed with
+    ``CLOCK`` between ``SYNC``s (CPU time on a CPU; wall clock around GPU synchronisations on a GPU)."""
+    fn()
+    best = float("inf")
+    for _ in range(5):
+        SYNC()
+        t = CLOCK()
+        for _ in range(n):
+            fn()
+        SYNC()
+        best = min(best, (CLOCK() - t) / n)
+    return round(best * 1e6, 2)
+
+
 def micro(hidden_size=4096, kv_len=704, n=3000):
     """Per-call host cost (us, CPU time, min of 5 x n calls) of the per-layer pieces, at LLaVA-7B's width."""
     from vlmfix.heads import SinkBitWriter, detect_sinks
@@ -348,13 +363,7 @@ def micro(hidden_size=4096, kv_len=704, n=3000):
                          ("resolve_backend", dispatch), ("layercall_and_params", objects),
                          ("triton_wrapper_none", triton_call(None)), ("triton_wrapper_var", triton_call(var_params)),
                          ("triton_wrapper_var_step", triton_call(step_params))):
-            best = float("inf")
-            for _ in range(5):
-                t = CLOCK()
-                for _ in range(n):
-                    fn()
-                best = min(best, (CLOCK() - t) / n)
-            out[name] = round(best * 1e6, 2)
+            out[name] = best_us_per_call(fn, n)
     print("\nper-call host cost, CPU (us): " + ", ".join(f"{k} {v}" for k, v in out.items()))
     return out
 
@@ -393,16 +402,7 @@ def micro_gpu(device, hidden_size=4096, heads=32, kv_len=704, batch=1, n=2000):
     }
     out = {}
     for name, fn in pieces.items():
-        fn()
-        best = float("inf")
-        for _ in range(5):
-            torch.cuda.synchronize(device)
-            t = time.perf_counter()
-            for _ in range(n):
-                fn()
-            torch.cuda.synchronize(device)
-            best = min(best, (time.perf_counter() - t) / n)
-        out[name] = round(best * 1e6, 2)
+        out[name] = best_us_per_call(fn, n)
     print(f"\nper-call host cost on {torch.cuda.get_device_name(device)}, batch {batch}, {kv_len} keys (us): "
           + ", ".join(f"{k} {v}" for k, v in out.items()))
     prof = cProfile.Profile()
