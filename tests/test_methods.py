@@ -19,6 +19,11 @@ def _runtime(model, kind):
     return next(rt for rt in session.runtimes if type(rt).__name__ == kind)
 
 
+def _phi64(x, dims):
+    """The paper's phi of fp64 states: max over the sink dims of |x_d| / RMS(x), the RMS with eps as in the code."""
+    return (x[..., list(dims)].abs() / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()).amax(-1)
+
+
 def test_var_sinks_are_phi_of_each_layer_input():
     t = BUILDERS["llava"]()
     inputs = t.inputs(((3, 4), (1, 2)))
@@ -31,7 +36,7 @@ def test_var_sinks_are_phi_of_each_layer_input():
         sinks = {layer: runtime.sink_mask(layer) for layer in layers}
     for layer, got in sinks.items():
         x = out.hidden_states[layer].double()
-        phi = (x[..., list(cfg.sink_dims)].abs() / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()).amax(-1)
+        phi = _phi64(x, cfg.sink_dims)
         assert torch.equal(got, phi >= cfg.tau), layer
         assert got.any()  # the test is only meaningful when sinks exist
 
@@ -69,7 +74,7 @@ def test_var_decode_sink_bits_are_phi_of_each_generated_token(monkeypatch, backe
         assert kernel_tested[layer] == 7, layer  # every decode step after the prefill
         # the state entering ``layer`` at the prefill and at each decode step, in fp64, RMS with eps as in the code
         x = torch.cat([step[layer] for step in out.hidden_states], dim=1).double()
-        phi = (x[..., list(cfg.sink_dims)].abs() / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()).amax(-1)
+        phi = _phi64(x, cfg.sink_dims)
         classes = key_class[layer] | sinks[layer].to(torch.int32) * SINK
         assert classes.shape == phi.shape, layer
         assert torch.equal(classes & SINK != 0, phi >= cfg.tau), layer
@@ -106,7 +111,7 @@ def test_var_sink_bits_of_multi_token_and_single_token_cached_steps(backend):
         sinks = {layer: runtime.sink_mask(layer) for layer in layers}
     for layer in layers:
         x = torch.cat([step[layer] for step in states], dim=1).double()
-        phi = (x[..., list(cfg.sink_dims)].abs() / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()).amax(-1)
+        phi = _phi64(x, cfg.sink_dims)
         assert torch.equal(sinks[layer], phi >= cfg.tau), layer
         late = phi[:, inputs["input_ids"].shape[1]:] >= cfg.tau
         assert late.any() and not late.all(), layer
