@@ -96,7 +96,8 @@ DECODE_PREFETCH_CLS = True
 VAR_FIXUP_PREFETCH = True
 # Split decode's merge with the splits unrolled: elementwise work per thread instead of sums that cross warps (fewer
 # block barriers at the end of the launch; not yet timed on a GPU: off). Only up to MERGE_UNROLLED_MAX_SPLITS
-# splits: compiled for sm_90, 16 unrolled VAR splits keep the kernel at 130 registers, 32 take it to 202.
+# splits: compiled for sm_90, 16 unrolled VAR splits keep the kernel at 130 registers, 32 take it from 128 to 192
+# (benchmarks/results/compiled_sm90.md).
 MERGE_UNROLLED = False
 MERGE_UNROLLED_MAX_SPLITS = 16
 
