@@ -8,7 +8,8 @@ signature and the specialisation Triton would derive at launch (a pointer's 16-b
 or a multiple of 16). Without that specialisation the compiler cannot prove aligned accesses: it then builds no
 asynchronous copies and uses far more registers, so such a compile says little about the real kernel.
 
-Per variant: registers, spills (local memory) and shared memory from ``cuobjdump -res-usage``; from the SASS, the
+Per variant: registers and spills (local memory) from ``cuobjdump -res-usage``, the shared memory a launch reserves
+(Triton's dynamic shared memory: the pipelined key/value blocks and the reductions' scratch); from the SASS, the
 instructions, block barriers (``BAR``), warp shuffles and global loads inside each key loop, outside the loops, and
 (split decode) in the merge, i.e. from the arrival ticket's atomic to the end. Writes ``compiled_sm90.{json,md}``.
 Uses the ``cuobjdump`` that Triton's NVIDIA backend ships; the numbers are for this machine's Triton version.
@@ -120,7 +121,7 @@ def analyse(fn, call) -> dict:
             loops.append((int(m.group(1), 16), addr + 1))
     end = ins[-1][0] + 1
     out = {"registers": res.get("REG"), "stack_bytes": res.get("STACK"), "local_bytes": res.get("LOCAL"),
-           "shared_bytes": res.get("SHARED"), "all": _count(ins, 0, end),
+           "shared_bytes": kernel.metadata.shared, "all": _count(ins, 0, end),
            "key_loops": [_count(ins, lo, hi) for lo, hi in loops]}
     in_loops = sum(x["instructions"] for x in out["key_loops"])
     out["outside_loops"] = {k: out["all"][k] - sum(x[k] for x in out["key_loops"]) for k in out["all"]}
@@ -158,28 +159,24 @@ def prefill_call(n, method):
     ta.attention(q, q, q, scale=128 ** -0.5, params=params)
 
 
-# (label, kernel, how to call the wrapper, launch choices, constexprs forced past the wrapper's own rules)
+# (label, kernel, how to call the wrapper, launch choices)
 CASES = [
-    ("decode N=640 none", "decode", lambda: decode_call(640, "none"), {}, {}),
-    ("decode N=640 var", "decode", lambda: decode_call(640, "var"), {}, {}),
-    ("decode N=640 var_step", "decode", lambda: decode_call(640, "var_step"), {}, {}),
+    ("decode N=640 none", "decode", lambda: decode_call(640, "none"), {}),
+    ("decode N=640 var", "decode", lambda: decode_call(640, "var"), {}),
+    ("decode N=640 var_step", "decode", lambda: decode_call(640, "var_step"), {}),
     ("decode N=640 var, no class prefetch", "decode", lambda: decode_call(640, "var"),
-     dict(DECODE_PREFETCH_CLS=False), {}),
-    ("decode N=640 none, unrolled merge", "decode", lambda: decode_call(640, "none"), dict(MERGE_UNROLLED=True), {}),
-    ("decode N=640 var, unrolled merge", "decode", lambda: decode_call(640, "var"), dict(MERGE_UNROLLED=True), {}),
-    ("decode N=640 var_step, unrolled merge", "decode", lambda: decode_call(640, "var_step"),
-     dict(MERGE_UNROLLED=True), {}),
-    ("decode N=8192 var_step (128-key blocks)", "decode", lambda: decode_call(8192, "var_step"), {}, {}),
-    ("decode N=2048 var_step, 32/8 heads, unrolled merge", "decode", lambda: decode_call(2048, "var_step", 32, 8),
-     dict(MERGE_UNROLLED=True), {}),
-    ("decode N=8192 var_step, 32/8 heads", "decode", lambda: decode_call(8192, "var_step", 32, 8), {}, {}),
-    ("decode N=8192 var_step, 32/8 heads, unrolled merge past its split cap", "decode",
-     lambda: decode_call(8192, "var_step", 32, 8), {}, dict(MERGE_UNROLLED=True)),
-    ("decode N=336 var_step, 28/4 heads", "decode", lambda: decode_call(336, "var_step", 28, 4, 3584), {}, {}),
-    ("decode N=336 var_step, 28/4 heads, unrolled merge", "decode",
-     lambda: decode_call(336, "var_step", 28, 4, 3584), dict(MERGE_UNROLLED=True), {}),
-    ("prefill N=640 none", "fwd", lambda: prefill_call(640, "none"), {}, {}),
-    ("prefill N=640 var", "fwd", lambda: prefill_call(640, "var"), {}, {}),
+     dict(DECODE_PREFETCH_CLS=False)),
+    ("decode N=8192 var_step (128-key blocks)", "decode", lambda: decode_call(8192, "var_step"), {}),
+    ("decode N=2048 var_step, 32/8 heads", "decode", lambda: decode_call(2048, "var_step", 32, 8), {}),
+    ("decode N=8192 var_step, 32/8 heads (splits capped)", "decode", lambda: decode_call(8192, "var_step", 32, 8),
+     {}),
+    ("decode N=8192 var_step, 32/8 heads, past the split cap", "decode",
+     lambda: decode_call(8192, "var_step", 32, 8), dict(DECODE_SPLIT=dict(ta.DECODE_SPLIT, max_splits=64))),
+    ("decode N=336 var_step, 28/4 heads", "decode", lambda: decode_call(336, "var_step", 28, 4, 3584), {}),
+    ("decode N=2900 var_step, 28/4 heads (splits capped)", "decode",
+     lambda: decode_call(2900, "var_step", 28, 4, 3584), {}),
+    ("prefill N=640 none", "fwd", lambda: prefill_call(640, "none"), {}),
+    ("prefill N=640 var", "fwd", lambda: prefill_call(640, "var"), {}),
 ]
 
 
@@ -190,13 +187,11 @@ def main():
     if ta.INTERPRET:
         raise SystemExit("unset TRITON_INTERPRET: the kernels must be compiled, not interpreted")
     rows = []
-    for label, kernel, call, choices, forced in CASES:
+    for label, kernel, call, choices in CASES:
         with ta.launch_choices(**choices), recorded_launches() as calls:
             call()
         grid, launch_args, constexprs, options = calls[kernel]
-        constexprs = dict(constexprs, **forced)
-        rows.append(dict(label=label, choices={k: str(v) for k, v in choices.items()}, forced=forced,
-                         merge_unrolled=constexprs.get("MERGE_UNROLLED"),
+        rows.append(dict(label=label, choices={k: str(v) for k, v in choices.items()},
                          **analyse(decode_kernel if kernel == "decode" else fwd_kernel,
                                    (grid, launch_args, constexprs, options))))
         r = rows[-1]
@@ -213,15 +208,15 @@ def main():
     lines = [f"# Compiled code of the attention kernels for sm_90 (Triton {meta['triton']}, {meta['date']})", "",
              f"`{meta['command']}`; what each column means: the docstring of `benchmarks/compiled_code.py`. Key loop:"
              " the first loop of the variant (unmasked key blocks), per key block.", "",
-             "| variant | splits | unrolled merge | registers | local bytes | key loop: instr / BAR / async copies | "
+             "| variant | splits | registers | local bytes | shared bytes | key loop: instr / BAR / async copies | "
              "outside loops: instr / BAR | merge: instr / BAR / SHFL / LDG |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         loop = r["key_loops"][0] if r["key_loops"] else None
         lp = f"{loop['instructions']} / {loop['barriers']} / {loop['async_copies']}" if loop else "—"
         mg = (f"{r['merge']['instructions']} / {r['merge']['barriers']} / {r['merge']['shuffles']} / "
               f"{r['merge']['global_loads']}" if "merge" in r else "—")
-        lines.append(f"| {r['label']} | {r['splits'] or '—'} | {bool(r['merge_unrolled'])} | {r['registers']} | "
-                     f"{r['local_bytes']} | {lp} | {r['outside_loops']['instructions']} / "
+        lines.append(f"| {r['label']} | {r['splits'] or '—'} | {r['registers']} | {r['local_bytes']} | "
+                     f"{r['shared_bytes']} | {lp} | {r['outside_loops']['instructions']} / "
                      f"{r['outside_loops']['barriers']} | {mg} |")
     with open(os.path.join(args.out, "compiled_sm90.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")

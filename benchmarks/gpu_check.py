@@ -209,8 +209,8 @@ def sink_bit_cases():
     out.append((3, 32, 8, 1, 2900, 128, bf, "all", True, {}, 4096))
     out.append((1, 32, 8, 1, 2900, 128, torch.float32, "var", False, {}, 4096))
     out.append((1, 32, 32, 1, 2900, 128, bf, "var", False, dict(DECODE_PREFETCH_CLS=False), 4096))
-    out.append((1, 32, 32, 1, 640, 128, bf, "var", False, dict(MERGE_UNROLLED=True), 4096))
-    out.append((1, 28, 4, 1, 336, 128, bf, "all", False, dict(MERGE_UNROLLED=True), 3584))
+    out.append((1, 28, 4, 1, 336, 128, bf, "all", False, {}, 3584))
+    out.append((1, 28, 4, 1, 2900, 128, bf, "var", False, {}, 3584))  # 4 programs: splits capped at max_splits
     return out
 
 
@@ -223,7 +223,7 @@ def variants():
             out.append((1, 32, 8, 1000, 1000, 128, bf, method, False, dict(VAR_LAUNCH=launch)))
         out.append((3, 32, 8, 1000, 1000, 128, bf, "all", True, dict(VAR_LAUNCH=launch)))
     for fused in (True, False):
-        split = dict(min_keys=128, keys_per_split=64, waves=4, busy_keys_per_split=256, busy_waves=4)
+        split = dict(min_keys=128, keys_per_split=64, waves=4, busy_keys_per_split=256, busy_waves=4, max_splits=16)
         for n in (640, 2900):
             for method in ("none", "var", "all"):
                 out.append((1, 32, 8, 1, n, 128, bf, method, False, dict(DECODE_SPLIT=split, FUSED_COMBINE=fused)))
@@ -231,10 +231,9 @@ def variants():
         out.append((8, 28, 4, 1, 700, 128, bf, "all", False, dict(DECODE_SPLIT=split, FUSED_COMBINE=fused)))
     for n, b, hq, hkv in ((640, 1, 32, 8), (2900, 1, 32, 32), (700, 8, 28, 4), (8192, 3, 32, 8)):
         out.append((b, hq, hkv, 1, n, 128, bf, "all", b == 3, dict(DECODE_PREFETCH_CLS=False)))
-    for n, b, hq, hkv, method in ((640, 1, 32, 8, "var"), (640, 1, 32, 8, "all"), (2900, 1, 32, 32, "all"),
-                                  (8192, 3, 32, 8, "all"), (700, 1, 28, 4, "all"), (336, 1, 28, 4, "var"),
-                                  (2900, 8, 28, 4, "all")):
-        out.append((b, hq, hkv, 1, n, 128, bf, method, b == 3, dict(MERGE_UNROLLED=True)))
+    # more splits than the default cap (the unrolled merge at 23 and 32 splits)
+    for n, b, hq, hkv, method in ((2900, 1, 28, 4, "all"), (8192, 1, 32, 8, "var")):
+        out.append((b, hq, hkv, 1, n, 128, bf, method, False, dict(DECODE_SPLIT=dict(ta.DECODE_SPLIT, max_splits=64))))
     wide = {k: dict(v) for k, v in ta.CONFIGS.items()}
     wide[("decode", "half")].update(BLOCK_N=128, num_stages=2)
     for n, b, hq, hkv, pad in ((640, 1, 32, 32, False), (2900, 3, 32, 8, True), (700, 1, 28, 4, False)):

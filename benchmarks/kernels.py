@@ -216,15 +216,13 @@ def _decode_config(**change):
     return cfgs
 
 
-# Alternatives to the current defaults, timed beside them: the unrolled split merge (a candidate, off by default),
-# each of the two class prefetches off, 64-key blocks for long batch-1 splits, 128-key blocks for every split, and
-# 64-key splits (more programs, fewer blocks each). Phase "decode_gqa" runs the GQA_SHAPES at batch 1.
+# Alternatives to the current defaults, timed beside them: each of the two class prefetches off, 64-key blocks for
+# long batch-1 splits, 128-key blocks for every split, 64-key splits (more programs, fewer blocks each), and, for the
+# GQA shapes, splitting rows from 128 keys and a higher split cap. Phase "decode_gqa" runs the GQA_SHAPES at batch 1.
 SWEEP = [
-    (dict(MERGE_UNROLLED=True), "decode", (640, 2900, 8192), (1, 8), ("none", "var", "var_step", "all")),
-    (dict(MERGE_UNROLLED=True), "decode_gqa", (), (1,), ("none", "var", "var_step")),
     # rows under 256 keys are not split: 4 programs for Qwen2-VL-7B at batch 1 (its prompts are ~210 keys)
-    (dict(MERGE_UNROLLED=True, DECODE_SPLIT=dict(ta.DECODE_SPLIT, min_keys=128)), "decode_gqa", (), (1,),
-     ("none", "var", "var_step")),
+    (dict(DECODE_SPLIT=dict(ta.DECODE_SPLIT, min_keys=128)), "decode_gqa", (), (1,), ("none", "var", "var_step")),
+    (dict(DECODE_SPLIT=dict(ta.DECODE_SPLIT, max_splits=32)), "decode_gqa", (), (1,), ("none", "var", "var_step")),
     (dict(DECODE_PREFETCH_CLS=False), "decode", (640, 2900, 8192), (1, 8), ("var", "var_step", "all")),
     (dict(VAR_FIXUP_PREFETCH=False), "prefill", (640, 2900, 8192), (1,), ("var", "all")),
     (dict(DECODE_SPLIT=dict(ta.DECODE_SPLIT, long_keys=None)), "decode", (8192,), (1,), ("none", "var", "var_step")),
@@ -237,7 +235,8 @@ SWEEP = [
 SWEEP_PAST = [
     (dict(VAR_LAUNCH="pair"), "prefill", (640, 2900, 8192), (1,), ("var", "all")),
     (dict(FUSED_COMBINE=False), "decode", (2900, 8192), (1,), ("none", "var")),
-    (dict(DECODE_SPLIT=dict(min_keys=1024, keys_per_split=256, waves=2, busy_keys_per_split=256, busy_waves=2)),
+    (dict(DECODE_SPLIT=dict(min_keys=1024, keys_per_split=256, waves=2, busy_keys_per_split=256, busy_waves=2,
+                            max_splits=16)),
      "decode", (640, 2900), (1, 8), ("none", "var")),
 ]
 
@@ -311,13 +310,16 @@ def main():
     ap.add_argument("--sweep-only", action="store_true", help="only the sweep (writes kernels_h200_sweep.json)")
     ap.add_argument("--sweep-past", action="store_true", help="with a sweep, also the choices of earlier defaults")
     ap.add_argument("--phases", default="prefill,decode", help="which of prefill, decode to time")
+    ap.add_argument("--sweep-entries", default=None, metavar="LIST",
+                    help="with a sweep, only these entries of SWEEP (+ SWEEP_PAST), comma-separated indices")
     args = ap.parse_args()
     phases = set(args.phases.split(","))
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(0)
     records = []
     meta = dict(command="python benchmarks/kernels.py" + (" --sweep" if args.sweep else "")
-                + (f" --phases {args.phases}" if phases != {"prefill", "decode"} else ""),
+                + (f" --phases {args.phases}" if phases != {"prefill", "decode"} else "")
+                + (f" --sweep-entries {args.sweep_entries}" if args.sweep_entries else ""),
                 torch=torch.__version__, triton=triton.__version__, gpu=torch.cuda.get_device_name(),
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), configs={str(k): v for k, v in
                                                                                  ta.CONFIGS.items()},
@@ -325,6 +327,8 @@ def main():
                 fused_combine=ta.FUSED_COMBINE)
     print(json.dumps(meta), flush=True)
     entries = SWEEP + (SWEEP_PAST if args.sweep_past else [])
+    if args.sweep_entries:
+        entries = [entries[int(i)] for i in args.sweep_entries.split(",")]
 
     def dump(name, obj):  # atomically: a run cut by a time limit leaves the files of its last finished group
         path = os.path.join(args.out, name)

@@ -212,14 +212,19 @@ def test_var_decode_both_branches_across_batch():
 
 
 @pytest.mark.parametrize("prefetch", [False, True])
-@pytest.mark.parametrize("splits", ["one", "many", "many-separate-combine", "many-unrolled-merge"])
+@pytest.mark.parametrize("splits", ["one", "many", "many-separate-combine", "capped"])
 def test_decode_split_paths(monkeypatch, splits, prefetch):
     monkeypatch.setattr(ta, "DECODE_PREFETCH_CLS", prefetch)
+    cpu = torch.device("cpu")
     if splits == "one":
         monkeypatch.setitem(ta.DECODE_SPLIT, "min_keys", 10 ** 9)
+    if splits == "capped":  # the merge unrolls the splits: never more than max_splits of them
+        assert ta.decode_splits(70, 4, 16, cpu)[0] == 3
+        monkeypatch.setitem(ta.DECODE_SPLIT, "max_splits", 2)
+        ta._split_cache.clear()
+        assert ta.decode_splits(70, 4, 16, cpu) == (2, 48)
     monkeypatch.setattr(ta, "FUSED_COMBINE", splits != "many-separate-combine")
-    monkeypatch.setattr(ta, "MERGE_UNROLLED", splits == "many-unrolled-merge")
-    assert (ta.decode_splits(70, 4, 16, torch.device("cpu"))[0] > 1) == (splits != "one")
+    assert (ta.decode_splits(70, 4, 16, cpu)[0] > 1) == (splits != "one")
     gen = torch.Generator().manual_seed(3)
     q, k, v, cls = inputs(2, 8, 2, 1, 70, 64, torch.float32, gen)
     params = method_params("all", 2, 8, cls, gen, 1, 70, q, k, v, 0.125, None)
@@ -459,14 +464,13 @@ def _sink_bits_case(gen, b, hq, hkv, m, n, dtype, first, hidden_size=48, channel
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("splits", ["one", "many", "many-prefetch", "many-prefetch-unrolled-merge"])
+@pytest.mark.parametrize("splits", ["one", "many", "many-prefetch"])
 @pytest.mark.parametrize("first,strict", [(0, False), (3, True)])
 def test_decode_tests_the_new_key_and_records_its_sink_bit(monkeypatch, dtype, splits, first, strict):
     """A decode step with ``SinkBits.hidden``: the kernel decides the new key's SINK bit from the hidden state (the
     paper's phi >= tau), uses it, and writes it into the layer's buffer; everything else equals the reference run
     with the same bits OR-ed into the classes by hand."""
-    monkeypatch.setattr(ta, "DECODE_PREFETCH_CLS", splits.startswith("many-prefetch"))
-    monkeypatch.setattr(ta, "MERGE_UNROLLED", splits.endswith("unrolled-merge"))
+    monkeypatch.setattr(ta, "DECODE_PREFETCH_CLS", splits == "many-prefetch")
     if splits == "one":
         monkeypatch.setitem(ta.DECODE_SPLIT, "min_keys", 10 ** 9)
     gen = torch.Generator().manual_seed(21 + first)

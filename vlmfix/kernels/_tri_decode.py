@@ -75,9 +75,9 @@ def decode_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS, WS_O, WS_
                   SPLITS: tl.constexpr, PARTS: tl.constexpr, GROUP: tl.constexpr, HAS_MASK: tl.constexpr,
                   LOAD_CLS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr, HAS_HS: tl.constexpr,
                   WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr, DOT_FP32: tl.constexpr,
-                  BLOCK_S: tl.constexpr, FUSED_COMBINE: tl.constexpr, HAS_BITS: tl.constexpr,
+                  FUSED_COMBINE: tl.constexpr, HAS_BITS: tl.constexpr,
                   TEST_NEW: tl.constexpr, STRICT: tl.constexpr, BLOCK_HID: tl.constexpr, BLOCK_CH: tl.constexpr,
-                  PREFETCH_CLS: tl.constexpr, MERGE_UNROLLED: tl.constexpr):
+                  PREFETCH_CLS: tl.constexpr):
     """Rows of the tile are (part, query head of the group): VAR's four value accumulators of a head become four
     rows of one product, so VAR costs no extra matrix product and, for groups of up to four heads, no extra rows.
 
@@ -191,96 +191,24 @@ def decode_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS, WS_O, WS_
             if ticket == SPLITS - 1:
                 tl.debug_barrier()
                 for g in tl.static_range(GROUP):
-                    if MERGE_UNROLLED:
-                        _merge_head_unrolled(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, b, hk * G + g, sob, soh,
-                                             scb, scn, svp_b, svp_h, shs_b, shs_h, var_rho, var_min_mass, N, H, G,
-                                             HEAD_DIM, BLOCK_D, BLOCK_M, SPLITS, PARTS, HAS_HS, WANT_LSE, WANT_MASS)
-                    else:
-                        _combine_head(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, b, hk * G + g, sob, soh, scb,
-                                      scn, svp_b, svp_h, shs_b, shs_h, var_rho, var_min_mass, N, H, G, HEAD_DIM,
-                                      BLOCK_D, BLOCK_M, SPLITS, BLOCK_S, PARTS, HAS_HS, WANT_LSE, WANT_MASS)
+                    _merge_head(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, b, hk * G + g, sob, soh, scb, scn,
+                                svp_b, svp_h, shs_b, shs_h, var_rho, var_min_mass, N, H, G, HEAD_DIM, BLOCK_D,
+                                BLOCK_M, SPLITS, PARTS, HAS_HS, WANT_LSE, WANT_MASS)
                 tl.atomic_xchg(CNT + pid, 0)  # ready for the next launch
 
 
 @triton.jit
-def _combine_head(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, b, h, sob, soh, scb, scn, svp_b, svp_h, shs_b,
-                  shs_h, var_rho, var_min_mass, N, H, G, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                  BLOCK_M: tl.constexpr, SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, PARTS: tl.constexpr,
-                  HAS_HS: tl.constexpr, WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr):
-    """Merges the splits of one (batch, query head) row: rescale each split to the common max, then finish.
-
-    Every load comes first, so that they are in flight together: the merge sits at the end of the launch's critical
-    path, and a load issued after a reduction (whose cross-warp step has a block barrier) would cost one more
-    memory round trip."""
-    sp = tl.arange(0, BLOCK_S)
-    sp_ok = sp < SPLITS
-    base = ((b * (H // G) + h // G) * SPLITS + sp) * BLOCK_M
-    row0 = base + h % G
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
-    m = tl.load(WS_S + row0 * 4, mask=sp_ok, other=float("-inf"), cache_modifier=".cg")
-    l_s = tl.load(WS_S + row0 * 4 + 1, mask=sp_ok, other=0.0, cache_modifier=".cg")
-    a0 = tl.load(WS_O + row0[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None], other=0.0,
-                 cache_modifier=".cg")
-    if PARTS == 4:
-        # rows of the other parts of this head: text sinks, visual sinks, visual non-sinks (same running max)
-        row1 = row0 + G
-        row2 = row1 + G
-        row3 = row2 + G
-        a1 = tl.load(WS_O + row1[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None], other=0.0,
-                     cache_modifier=".cg")
-        a2 = tl.load(WS_O + row2[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None], other=0.0,
-                     cache_modifier=".cg")
-        a3 = tl.load(WS_O + row3[:, None] * BLOCK_D + offs_d[None, :], mask=sp_ok[:, None], other=0.0,
-                     cache_modifier=".cg")
-        l1 = tl.load(WS_S + row1 * 4 + 1, mask=sp_ok, other=0.0, cache_modifier=".cg")
-        l2 = tl.load(WS_S + row2 * 4 + 1, mask=sp_ok, other=0.0, cache_modifier=".cg")
-        l3 = tl.load(WS_S + row3 * 4 + 1, mask=sp_ok, other=0.0, cache_modifier=".cg")
-        q_cls = tl.load(CLS + b * scb + (N - 1) * scn).to(tl.int32)
-        p_var = tl.load(VARP + b * svp_b + h * svp_h)
-    if HAS_HS:
-        head_scale = tl.load(HS + b * shs_b + h * shs_h)
-    if WANT_MASS:
-        c = tl.arange(0, 16)
-        part = tl.load(WS_M + row0[:, None] * 16 + c[None, :], mask=sp_ok[:, None], other=0.0, cache_modifier=".cg")
-
-    m_max = tl.max(m, 0)
-    m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
-    w = tl.exp2(m - m_use)
-    l_i = tl.sum(w * l_s, 0)
-    acc = tl.sum(w[:, None] * a0, 0)
-    if PARTS == 4:
-        acc_ts = tl.sum(w[:, None] * a1, 0)
-        acc_vs = tl.sum(w[:, None] * a2, 0)
-        acc_v = tl.sum(w[:, None] * a3, 0)
-        p_ts = tl.sum(w * l1, 0)
-        p_vs = tl.sum(w * l2, 0)
-        p_vns = tl.sum(w * l3, 0)
-        l_i = l_i + p_ts + p_vs + p_vns
-        w_sink, w_vis = var_weights(l_i, p_ts + p_vs, p_vs, p_vns, (q_cls & 1) == 0, p_var, var_rho, var_min_mass)
-        acc = acc + w_sink * (acc_ts + acc_vs) + w_vis * acc_v
-    l_safe = tl.where(l_i > 0, l_i, 1.0)
-    out = acc / l_safe
-    if HAS_HS:
-        out = out * head_scale
-    tl.store(O + b * sob + h * soh + offs_d, out.to(O.dtype.element_ty), mask=d_ok)
-    stat = b * H + h
-    if WANT_LSE:
-        tl.store(LSE + stat, tl.where(l_i > 0, (m_max + tl.log2(l_safe)) * LN2, float("-inf")))
-    if WANT_MASS:
-        tl.store(MASS + stat * 16 + c, tl.sum(w[:, None] * part, 0) / l_safe)
-
-
-@triton.jit
-def _merge_head_unrolled(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, b, h, sob, soh, scb, scn, svp_b, svp_h,
+def _merge_head(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, b, h, sob, soh, scb, scn, svp_b, svp_h,
                          shs_b, shs_h, var_rho, var_min_mass, N, H, G, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_M: tl.constexpr, SPLITS: tl.constexpr, PARTS: tl.constexpr, HAS_HS: tl.constexpr,
                          WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr):
-    """``_combine_head`` with the splits unrolled (``MERGE_UNROLLED``): each split's values are scalars or one row
-    spread over the threads, so merging them is elementwise work in every thread, where ``_combine_head``'s sums
-    over a (splits x head dim) tile cross warps through shared memory and block barriers. The merge runs after every
-    other program of its (batch, kv head) is done, so those round trips are the end of the launch's critical path.
-    Same arithmetic: rescale each split to the common max, add; VAR decided on the merged part masses."""
+    """Merges the splits of one (batch, query head) row: rescale each split to the common max, add; VAR is decided
+    on the merged part masses. The splits are unrolled (``SPLITS`` is a compile-time constant, at most
+    ``DECODE_SPLIT["max_splits"]``): each split's values are scalars or one row spread over the threads, so merging
+    is elementwise work in every thread, with every load issued before the arithmetic that needs it. A merge that
+    sums over a (splits x head dim) tile instead crosses warps through shared memory and block barriers; at the end
+    of the launch's critical path that cost 0.4-0.6 us per split for VAR on an H200
+    (benchmarks/results/decode_anatomy.md)."""
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     row0 = (b * (H // G) + h // G) * SPLITS * BLOCK_M + h % G  # split s: row0 + s * BLOCK_M; part k: + k * G
@@ -336,13 +264,12 @@ def _merge_head_unrolled(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, b, h, so
 def combine_kernel(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, sob, soh, scb, scn, svp_b, svp_h, shs_b, shs_h,
                    var_rho, var_min_mass, N, H, G,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, SPLITS: tl.constexpr,
-                   BLOCK_S: tl.constexpr, PARTS: tl.constexpr, HAS_HS: tl.constexpr, WANT_LSE: tl.constexpr,
-                   WANT_MASS: tl.constexpr):
+                   PARTS: tl.constexpr, HAS_HS: tl.constexpr, WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr):
     """The merge as its own launch, one program per (batch, query head) (``FUSED_COMBINE`` off)."""
     pid = tl.program_id(0)
-    _combine_head(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, pid // H, pid % H, sob, soh, scb, scn, svp_b,
-                  svp_h, shs_b, shs_h, var_rho, var_min_mass, N, H, G, HEAD_DIM, BLOCK_D, BLOCK_M, SPLITS, BLOCK_S,
-                  PARTS, HAS_HS, WANT_LSE, WANT_MASS)
+    _merge_head(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, pid // H, pid % H, sob, soh, scb, scn, svp_b, svp_h,
+                shs_b, shs_h, var_rho, var_min_mass, N, H, G, HEAD_DIM, BLOCK_D, BLOCK_M, SPLITS, PARTS, HAS_HS,
+                WANT_LSE, WANT_MASS)
 
 
 @triton.jit

@@ -47,7 +47,7 @@ if INTERPRET:
     }
     # (here every launch counts as busy: one "multiprocessor"; long_keys are reached by the tests' longer rows)
     DECODE_SPLIT = dict(min_keys=32, keys_per_split=32, waves=64, busy_keys_per_split=32, busy_waves=64,
-                        long_keys=None, busy_long_keys=96)
+                        long_keys=None, busy_long_keys=96, max_splits=16)
 else:
     CONFIGS = {
         ("fwd", "half"): dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
@@ -61,8 +61,11 @@ else:
     # more (batch 8) only in pieces of at least 1024 keys for ~4 waves. Splits of at least ``long_keys`` keys
     # (``busy_long_keys`` when the launch fills the GPU; None: never) take the ``decode_long`` configuration:
     # 128-key blocks halve the per-block costs of key classes (at batch 1, N = 8192: VAR 1.26x -> 1.14x SDPA).
+    # At most ``max_splits`` splits: the merge unrolls them (_tri_decode._merge_head), and compiled for sm_90, 16
+    # unrolled VAR splits keep the kernel at 130 registers where 32 take it to 192 (compiled_sm90.md). It binds
+    # only with few kv heads at batch 1 (4 for Qwen2-VL-7B would want 66 splits).
     DECODE_SPLIT = dict(min_keys=256, keys_per_split=128, waves=2, busy_keys_per_split=1024, busy_waves=4,
-                        long_keys=768, busy_long_keys=None)
+                        long_keys=768, busy_long_keys=None, max_splits=16)
 
 # The two per-layer kernels launch without Triton's per-call binding once a call signature was seen (``_launch.py``).
 _decode_launch = DirectLaunch(decode_kernel, enabled=not INTERPRET)
@@ -94,16 +97,8 @@ FUSED_COMBINE = True
 DECODE_PREFETCH_CLS = True
 # VAR prefill fix-up: next block's classes one iteration ahead, value load beside the key load.
 VAR_FIXUP_PREFETCH = True
-# Split decode's merge with the splits unrolled: elementwise work per thread instead of sums that cross warps (fewer
-# block barriers at the end of the launch; not yet timed on a GPU: off). Only up to MERGE_UNROLLED_MAX_SPLITS
-# splits: compiled for sm_90, 16 unrolled VAR splits keep the kernel at 130 registers, 32 take it from 128 to 192
-# (benchmarks/results/compiled_sm90.md).
-MERGE_UNROLLED = False
-MERGE_UNROLLED_MAX_SPLITS = 16
-
-
 _LAUNCH_CHOICES = ("CONFIGS", "DECODE_SPLIT", "VAR_LAUNCH", "FUSED_COMBINE", "DECODE_PREFETCH_CLS",
-                   "VAR_FIXUP_PREFETCH", "MERGE_UNROLLED")
+                   "VAR_FIXUP_PREFETCH")
 
 
 @contextlib.contextmanager
@@ -185,7 +180,7 @@ def _decode_splits(n: int, programs: int, block_n: int, device: torch.device) ->
     waves = cfg["busy_waves"] if busy else cfg["waves"]
     per_split = cfg["busy_keys_per_split"] if busy else cfg["keys_per_split"]
     want = -(-waves * _num_sms(device) // programs)
-    splits = max(1, min(want, -(-n // per_split)))
+    splits = max(1, min(want, -(-n // per_split), cfg["max_splits"]))
     if splits == 1:
         return 1, n
     chunk = -(-(-(-n // splits)) // block_n) * block_n
@@ -356,7 +351,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
             cnt = _tickets(dev, bsz * hkv) if fused else ws_s
         else:
             ws_o = ws_s = ws_m = cnt = out
-        block_s = max(2, _pow2(splits))
         bits, hid, chans, sbits_b, shid_b, first, n_ch, hid_d, threshold, eps2, test_new, strict = \
             _sink_bit_args(sb, n, dummy)
         load_cls_any = load_cls or var_p is not None or sb is not None
@@ -367,11 +361,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
              *cs, *lbs, *ams, *vps, *hss, sbits_b, shid_b,
              qk_scale, rho, min_mass, threshold, eps2, n, hq, group, chunk, first, n_ch, hid_d),
             dict(HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=block_m, SPLITS=splits, PARTS=parts, GROUP=group,
-                 DOT_FP32=dot_fp32, LOAD_CLS=load_cls_any, BLOCK_S=block_s,
+                 DOT_FP32=dot_fp32, LOAD_CLS=load_cls_any,
                  FUSED_COMBINE=fused, HAS_BITS=sb is not None,
                  TEST_NEW=test_new, STRICT=strict, BLOCK_HID=_pow2(hid_d) if test_new else 16,
                  BLOCK_CH=max(2, _pow2(n_ch)) if test_new else 2, PREFETCH_CLS=DECODE_PREFETCH_CLS and load_cls_any,
-                 MERGE_UNROLLED=MERGE_UNROLLED and fused and splits <= MERGE_UNROLLED_MAX_SPLITS,
                  **common, **blocks),
             options)
         if splits > 1 and not fused:
@@ -379,7 +372,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
                 out, ptrs[1], ptrs[4], ptrs[5], ptrs[6], ptrs[7], ws_o, ws_s, ws_m,
                 m * hq * d, d, *cs, *vps, *hss, rho, min_mass, n, hq, group,
                 HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=block_m, SPLITS=splits,
-                BLOCK_S=block_s, PARTS=parts, HAS_HS=hs is not None,
+                PARTS=parts, HAS_HS=hs is not None,
                 WANT_LSE=want_lse, WANT_MASS=want_mass, num_warps=4)
     else:
         blocks, options = _split_cfg(CONFIGS[("fwd", kind)])
