@@ -11,7 +11,7 @@ head_dim 128, its realistic VAR layout). Times are medians of CUDA-graph replays
 ``--launch-only`` runs each default variant a few times and nothing else, for a profiler to attach to.
 
 The committed ``decode_anatomy.md`` also has the columns of the merge that summed over a (splits x head dim) tile,
-measured in the same run before that merge was removed (it cost VAR 0.4-0.6 us per split).
+measured in the same run before that merge was removed (it cost VAR 0.5-0.8 us per split).
 """
 
 from __future__ import annotations

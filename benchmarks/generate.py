@@ -38,7 +38,8 @@ debug mode, and the host-device synchronisations are counted by calling line (``
 
 ``--profile METHOD`` replaces the timing by a torch-profiler capture of a 16-token generate of vanilla and of METHOD
 (the first of ``--backends``) for each model and batch: ``profile_<model>_b<batch>_<method>.txt`` lists the top ops by host and by
-device time, which is how a method's per-step cost is taken apart.
+device time, which is how a method's per-step cost is taken apart; ``..._python.txt`` is a cProfile of the same
+generate (the Python between the ops, which the torch profiler does not see), by own and by cumulative time.
 """
 
 from __future__ import annotations
@@ -481,7 +482,23 @@ class Runner:
             if self.cuda:
                 fh.write("\n\n## by device time\n")
                 fh.write(avg.table(sort_by="self_device_time_total", row_limit=25))
-        log(f"profiled {bench.name} b{batch} {cfg[0]}: {dt:.2f}s -> {stem}.txt")
+        # The same generate under cProfile: the Python between the ops, which the torch profiler does not see.
+        import cProfile
+        import io
+        import pstats
+
+        py = cProfile.Profile()
+        py.enable()
+        dt_py, *_ = self.generate(bench, inputs, cfg, new_tokens)
+        py.disable()
+        with open(stem + "_python.txt", "w") as fh:
+            fh.write(f"# {bench.name} batch {batch} {cfg[0]}/{cfg[1]}: {new_tokens}-token generate, {dt_py:.3f} s "
+                     "under cProfile\n")
+            for order in ("tottime", "cumulative"):
+                buf = io.StringIO()
+                pstats.Stats(py, stream=buf).sort_stats(order).print_stats(45)
+                fh.write(f"\n## by {order}\n" + buf.getvalue())
+        log(f"profiled {bench.name} b{batch} {cfg[0]}: {dt:.2f}s -> {stem}.txt, {stem}_python.txt")
 
     def fail(self, name, batch, cfg, exc):
         import traceback

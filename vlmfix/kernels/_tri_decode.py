@@ -207,7 +207,7 @@ def _merge_head(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, b, h, sob, soh, s
     ``DECODE_SPLIT["max_splits"]``): each split's values are scalars or one row spread over the threads, so merging
     is elementwise work in every thread, with every load issued before the arithmetic that needs it. A merge that
     sums over a (splits x head dim) tile instead crosses warps through shared memory and block barriers; at the end
-    of the launch's critical path that cost 0.4-0.6 us per split for VAR on an H200
+    of the launch's critical path that cost 0.5-0.8 us per split for VAR on an H200
     (benchmarks/results/decode_anatomy.md)."""
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
