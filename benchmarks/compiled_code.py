@@ -11,7 +11,8 @@ asynchronous copies and uses far more registers, so such a compile says little a
 Per variant: registers and spills (local memory) from ``cuobjdump -res-usage``, the shared memory a launch reserves
 (Triton's dynamic shared memory: the pipelined key/value blocks and the reductions' scratch); from the SASS, the
 instructions, block barriers (``BAR``), warp shuffles and global loads inside each key loop, outside the loops, and
-(split decode) in the merge, i.e. from the arrival ticket's atomic to the end. Writes ``compiled_sm90.{json,md}``.
+(split decode) in the merge, i.e. from the arrival ticket's atomic to the end. Also the wall time of compiling the
+decode variants one at a time and in one thread per CPU. Writes ``compiled_sm90.{json,md}``.
 Uses the ``cuobjdump`` that Triton's NVIDIA backend ships; the numbers are for this machine's Triton version.
 """
 
@@ -177,7 +178,34 @@ CASES = [
      lambda: decode_call(2900, "var_step", 28, 4, 3584), {}),
     ("prefill N=640 none", "fwd", lambda: prefill_call(640, "none"), {}),
     ("prefill N=640 var", "fwd", lambda: prefill_call(640, "var"), {}),
+    ("prefill N=640 var, listed fix-up", "fwd", lambda: prefill_call(640, "var"), dict(VAR_FIXUP_LIST=True)),
 ]
+
+
+def compile_seconds(threads: int) -> float:
+    """Wall time to compile the decode variants of ``CASES`` (fresh cache) with ``threads`` compiling at once: tells
+    whether Triton's compiler runs in parallel threads (``triton_attention.compile_ahead`` relies on it)."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    sources = []
+    for label, kernel, call, choices in CASES:
+        if kernel == "decode":
+            with ta.launch_choices(**choices), recorded_launches() as calls:
+                call()
+            grid, launch_args, constexprs, options = calls[kernel]
+            sources.append((specialised_source(decode_kernel, launch_args, constexprs), options))
+    cache = tempfile.mkdtemp(prefix="vlmfix-compile-")
+    saved = triton.knobs.cache.dir
+    triton.knobs.cache.dir = cache
+    try:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda so: triton.compile(so[0], target=TARGET, options=so[1]), sources))
+        return time.perf_counter() - t0
+    finally:
+        triton.knobs.cache.dir = saved
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def main():
@@ -202,6 +230,9 @@ def main():
               flush=True)
     meta = dict(command="python benchmarks/compiled_code.py", triton=triton.__version__, target="sm_90",
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    threads = len(os.sched_getaffinity(0))
+    meta["compile_decode_variants_s"] = {"cpus": threads, "one_at_a_time": round(compile_seconds(1), 1),
+                                         f"{threads}_threads": round(compile_seconds(threads), 1)}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "compiled_sm90.json"), "w") as fh:
         json.dump(dict(meta=meta, rows=rows), fh, indent=1)
@@ -218,6 +249,18 @@ def main():
         lines.append(f"| {r['label']} | {r['splits'] or '—'} | {r['registers']} | {r['local_bytes']} | "
                      f"{r['shared_bytes']} | {lp} | {r['outside_loops']['instructions']} / "
                      f"{r['outside_loops']['barriers']} | {mg} |")
+    lines += ["", "Every loop of the prefill variants with VAR, in code order (instructions / asynchronous copies / "
+              "global loads): the VAR tile's flash loops, its fix-up loops, then the plain tile's flash loops.", ""]
+    for r in rows:
+        if r["label"].startswith("prefill") and len(r["key_loops"]) > 2:
+            loops = ", ".join(f"{lp['instructions']} / {lp['async_copies']} / {lp['global_loads']}"
+                              for lp in r["key_loops"])
+            lines.append(f"- {r['label']}: {loops}")
+    ct = meta["compile_decode_variants_s"]
+    lines += ["", f"Compiling the {sum(1 for c in CASES if c[1] == 'decode')} decode variants with a fresh cache on "
+              f"this machine ({ct['cpus']} CPUs): {ct['one_at_a_time']} s one at a time, "
+              f"{ct[str(ct['cpus']) + '_threads']} s in {ct['cpus']} threads (Triton's compiler runs in parallel "
+              "threads; `triton_attention.compile_ahead` relies on it)."]
     with open(os.path.join(args.out, "compiled_sm90.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
 

@@ -11,6 +11,9 @@ Each case runs three times: with statistics (column ``out`` and the statistics),
 calls with the same signature goes through the direct launch (``kernels/_launch.py``), so both paths are checked.
 ``sinkbits`` cases hand VAR's SINK bits over separately with the new key's test left to the decode kernel
 (``reference.SinkBits``); their row also checks the bit the kernel wrote (``bit`` column: ok / WRONG).
+
+Before the first case, every selected case's kernels are compiled in parallel (``triton_attention.compile_ahead``):
+compiling one variant after the other is most of a run's time, and a device call has a time limit.
 """
 
 from __future__ import annotations
@@ -239,9 +242,34 @@ def variants():
     for n, b, hq, hkv, pad in ((640, 1, 32, 32, False), (2900, 3, 32, 8, True), (700, 1, 28, 4, False)):
         out.append((b, hq, hkv, 1, n, 128, bf, "all", pad, dict(CONFIGS=wide)))
     for m, n, b, pad in ((640, 640, 1, False), (2900, 2900, 1, False), (1000, 1000, 3, True), (300, 2900, 1, False)):
-        out.append((b, 32, 8, m, n, 128, bf, "var", pad, dict(VAR_FIXUP_PREFETCH=False)))
-        out.append((b, 32, 8, m, n, 128, bf, "all", pad, dict(VAR_FIXUP_PREFETCH=False)))
+        for choice in (dict(VAR_FIXUP_PREFETCH=False), dict(VAR_FIXUP_LIST=True)):
+            out.append((b, 32, 8, m, n, 128, bf, "var", pad, choice))
+            out.append((b, 32, 8, m, n, 128, bf, "all", pad, choice))
     return out
+
+
+def run_case(i, c, dev):
+    """One case's inputs and its three calls of the wrapper: with statistics, then twice without (Triton's launch
+    path, then the direct one). Returns the inputs, the outputs and whether every kernel-written SINK bit was right."""
+    b, hq, hkv, m, n, d, dtype, method, pad, overrides = c[:10]
+    q, k, v, mask, p = make_case(b, hq, hkv, m, n, d, dtype, method, pad, seed=1000 + i, dev=dev)
+    expect_bit = sink_bits_case(q, k, p, n, c[10], dev, 2000 + i) if len(c) > 10 else None
+    want = STATS if method in ("all", "var") else ("lse",)
+    scale = d ** -0.5
+    ta._workspace.clear()
+    bit_ok = None
+    with ta.launch_choices(**overrides):
+        out, st = ta.attention(q, k, v, scale=scale, mask=mask, params=p, want=want)
+        nostat = []
+        for _ in range(2):
+            if expect_bit is not None:
+                p.sink_bits.bits[:, 5 + n - 1] = -1  # the kernel must write it
+            nostat.append(ta.attention(q, k, v, scale=scale, mask=mask, params=p)[0])
+            if expect_bit is not None:
+                wrote = p.sink_bits.bits[:, 5 + n - 1]
+                bit_ok = (bit_ok is not False) and torch.equal(wrote == SINK, expect_bit) and bool(
+                    ((wrote == 0) | (wrote == SINK)).all())
+    return q, k, v, mask, p, want, out, st, nostat, bit_ok
 
 
 def main():
@@ -250,6 +278,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--select", default=None, help="comma-separated case kinds: decode, prefill, sinkbits, variant")
+    ap.add_argument("--no-compile-ahead", dest="compile_ahead", action="store_false",
+                    help="compile each case's kernels when it runs, not all of them first in parallel")
     args = ap.parse_args()
     kinds = set(args.select.split(",")) if args.select else None
     os.makedirs(args.out, exist_ok=True)
@@ -264,27 +294,15 @@ def main():
     print(lines[0], flush=True)
     print(lines[1], flush=True)
     failed = 0
-    for i, c in enumerate(cases(args.quick, args.tiny)):
+    selected = [(i, c) for i, c in enumerate(cases(args.quick, args.tiny))
+                if kinds is None or case_kind(c) in kinds]
+    if dev == "cuda" and args.compile_ahead:
+        secs = ta.compile_ahead([lambda i=i, c=c: run_case(i, c, dev) for i, c in selected])
+        print(f"# compiled ahead in {secs:.0f} s", flush=True)
+    for i, c in selected:
         b, hq, hkv, m, n, d, dtype, method, pad, overrides = c[:10]
-        if kinds is not None and case_kind(c) not in kinds:
-            continue
-        q, k, v, mask, p = make_case(b, hq, hkv, m, n, d, dtype, method, pad, seed=1000 + i, dev=dev)
-        expect_bit = sink_bits_case(q, k, p, n, c[10], dev, 2000 + i) if len(c) > 10 else None
-        want = STATS if method in ("all", "var") else ("lse",)
+        q, k, v, mask, p, want, out, st, nostat, bit_ok = run_case(i, c, dev)
         scale = d ** -0.5
-        ta._workspace.clear()
-        bit_ok = None
-        with ta.launch_choices(**overrides):
-            out, st = ta.attention(q, k, v, scale=scale, mask=mask, params=p, want=want)
-            nostat = []
-            for _ in range(2):  # Triton's launch path, then (same signature) the direct one
-                if expect_bit is not None:
-                    p.sink_bits.bits[:, 5 + n - 1] = -1  # the kernel must write it
-                nostat.append(ta.attention(q, k, v, scale=scale, mask=mask, params=p)[0])
-                if expect_bit is not None:
-                    wrote = p.sink_bits.bits[:, 5 + n - 1]
-                    bit_ok = (bit_ok is not False) and torch.equal(wrote == SINK, expect_bit) and bool(
-                        ((wrote == 0) | (wrote == SINK)).all())
         if dev == "cuda":
             torch.cuda.synchronize()
         ref, rst = reference_by_heads(q, k, v, scale, mask, p, want)

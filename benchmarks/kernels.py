@@ -17,6 +17,8 @@ bf16, 32 query heads = 32 kv heads, head_dim 128, batch 1 prefill and batch 1 / 
 Decode also runs Qwen2-VL-7B's shape (28 query heads over 4 kv heads, hidden 3584; ``GQA_SHAPES``) at batch 1 for
 ``none``, ``var`` and ``var_step``; these rows carry no bar (the bars are set for the 32-head workload).
 
+Every variant the run times is compiled first, in parallel (``triton_attention.compile_ahead``; ``compile_ahead_s``
+in the metadata), so compiles neither take the run's time one by one nor land inside a timing.
 Kernel times are medians of ``triton.testing.do_bench`` (prefill) or of CUDA-graph replays
 (``do_bench_cudagraph``, decode, so launch gaps do not count); ours and SDPA alternate, twice, and the medians of
 the two rounds are kept. Decode is also timed end to end from Python (``wrapper_us``: host time per call of a tight
@@ -111,11 +113,19 @@ def host_us(fn, iters=300):
     return (time.perf_counter() - t0) / iters * 1e6
 
 
-def prefill(n: int, methods, records, graph=False):
+def compile_calls(q, k, v, methods, b, n, heads=H, hidden=4096):
+    """One call per method, for ``ta.compile_ahead``: the kernels a timing would compile on its first call."""
+    for method in methods:
+        ta.attention(q, k, v, scale=D ** -0.5, params=make_params(method, b, n, heads, hidden))
+
+
+def prefill(n: int, methods, records, graph=False, compile_only=False):
     q = torch.randn(1, H, n, D, device="cuda", dtype=DTYPE)
     k = torch.randn(1, H, n, D, device="cuda", dtype=DTYPE)
     v = torch.randn(1, H, n, D, device="cuda", dtype=DTYPE)
     scale = D ** -0.5
+    if compile_only:
+        return compile_calls(q, k, v, methods, 1, n)
 
     def sdpa():
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
@@ -163,11 +173,14 @@ def _sdpa_decode(q, k, v, scale):
 GQA_SHAPES = ((28, 4, 208), (28, 4, 336), (28, 4, 2900))
 
 
-def decode(n: int, b: int, methods, records, heads: int = H, kv_heads: int = H, hidden: int = 4096):
+def decode(n: int, b: int, methods, records, heads: int = H, kv_heads: int = H, hidden: int = 4096,
+           compile_only=False):
     q = torch.randn(b, heads, 1, D, device="cuda", dtype=DTYPE)
     k = torch.randn(b, kv_heads, n, D, device="cuda", dtype=DTYPE)
     v = torch.randn(b, kv_heads, n, D, device="cuda", dtype=DTYPE)
     scale = D ** -0.5
+    if compile_only:
+        return compile_calls(q, k, v, methods, b, n, heads, hidden)
     name, _, sdpa = _sdpa_decode(q, k, v, scale)
     sdpa_host = host_us(sdpa)
     for method in methods:
@@ -216,10 +229,13 @@ def _decode_config(**change):
     return cfgs
 
 
-# Alternatives to the current defaults, timed beside them: each of the two class prefetches off, 64-key blocks for
+# Alternatives to the current defaults, timed beside them: the listed VAR fix-up (a candidate, off by default), each
+# of the two class prefetches off, 64-key blocks for
 # long batch-1 splits, 128-key blocks for every split, 64-key splits (more programs, fewer blocks each), and, for the
 # GQA shapes, splitting rows from 128 keys and a higher split cap. Phase "decode_gqa" runs the GQA_SHAPES at batch 1.
 SWEEP = [
+    # the prefill fix-up over the listed special blocks (pipelined), the candidate against the scanning one
+    (dict(VAR_FIXUP_LIST=True), "prefill", (640, 2900, 8192), (1,), ("var", "var_worst", "all")),
     # rows under 256 keys are not split: 4 programs for Qwen2-VL-7B at batch 1 (its prompts are ~210 keys)
     (dict(DECODE_SPLIT=dict(ta.DECODE_SPLIT, min_keys=128)), "decode_gqa", (), (1,), ("none", "var", "var_step")),
     (dict(DECODE_SPLIT=dict(ta.DECODE_SPLIT, max_splits=32)), "decode_gqa", (), (1,), ("none", "var", "var_step")),
@@ -241,7 +257,7 @@ SWEEP_PAST = [
 ]
 
 
-def sweep(records, entries=SWEEP, save=lambda: None):
+def sweep(records, entries=SWEEP, save=lambda: None, compile_only=False):
     """Alternatives to the defaults in triton_attention, timed the same way (kept in the *_all.json file only)."""
     for overrides, phase, ns, batches, methods in entries:
         rec = []
@@ -249,16 +265,18 @@ def sweep(records, entries=SWEEP, save=lambda: None):
         def run():
             if phase == "decode_gqa":
                 for hq, hkv, n in GQA_SHAPES:
-                    decode(n, 1, methods, rec, heads=hq, kv_heads=hkv, hidden=3584)
+                    decode(n, 1, methods, rec, heads=hq, kv_heads=hkv, hidden=3584, compile_only=compile_only)
                 return
             for b in batches:
                 for n in ns:
                     if phase == "prefill":
-                        prefill(n, methods, rec)
+                        prefill(n, methods, rec, graph=n == 640, compile_only=compile_only)
                     else:
-                        decode(n, b, methods, rec)
+                        decode(n, b, methods, rec, compile_only=compile_only)
         with ta.launch_choices(**overrides):
             run()
+        if compile_only:
+            continue
         records.extend(_tag(rec, overrides))
         save()
 
@@ -310,6 +328,8 @@ def main():
     ap.add_argument("--sweep-only", action="store_true", help="only the sweep (writes kernels_h200_sweep.json)")
     ap.add_argument("--sweep-past", action="store_true", help="with a sweep, also the choices of earlier defaults")
     ap.add_argument("--phases", default="prefill,decode", help="which of prefill, decode to time")
+    ap.add_argument("--no-compile-ahead", dest="compile_ahead", action="store_false",
+                    help="compile each variant on its first timed call instead of all of them first, in parallel")
     ap.add_argument("--sweep-entries", default=None, metavar="LIST",
                     help="with a sweep, only these entries of SWEEP (+ SWEEP_PAST), comma-separated indices")
     args = ap.parse_args()
@@ -347,22 +367,36 @@ def main():
         if args.sweep:
             dump("kernels_h200_all.json", dict(meta=meta, records=records))
 
+    def main_table(compile_only=False):
+        if "prefill" in phases:
+            for n in (640, 2900, 8192):
+                prefill(n, ("none", "var", "var_worst", "all"), records, graph=n == 640, compile_only=compile_only)
+                if not compile_only:
+                    save()
+        if "decode" in phases:
+            for b in (1, 8):
+                for n in (640, 2900, 8192):
+                    decode(n, b, ("none", "var", "var_step", "all"), records, compile_only=compile_only)
+                    if not compile_only:
+                        save()
+            for hq, hkv, n in GQA_SHAPES:
+                decode(n, 1, ("none", "var", "var_step"), records, heads=hq, kv_heads=hkv, hidden=3584,
+                       compile_only=compile_only)
+                if not compile_only:
+                    save()
+
+    if args.compile_ahead:  # every variant this run launches, compiled in parallel before anything is timed
+        calls = [] if args.sweep_only else [lambda: main_table(compile_only=True)]
+        if args.sweep or args.sweep_only:
+            calls.append(lambda: sweep([], entries, compile_only=True))
+        secs = ta.compile_ahead(calls)
+        meta["compile_ahead_s"] = round(secs, 1)
+        print(f"compiled ahead in {secs:.0f} s", flush=True)
     if args.sweep_only:
         sweep(records, entries, save)
         print("\n" + "\n".join(_fmt(r) + f"  {r.get('config')}" for r in records))
         return
-    if "prefill" in phases:
-        for n in (640, 2900, 8192):
-            prefill(n, ("none", "var", "var_worst", "all"), records, graph=n == 640)
-            save()
-    if "decode" in phases:
-        for b in (1, 8):
-            for n in (640, 2900, 8192):
-                decode(n, b, ("none", "var", "var_step", "all"), records)
-                save()
-        for hq, hkv, n in GQA_SHAPES:
-            decode(n, 1, ("none", "var", "var_step"), records, heads=hq, kv_heads=hkv, hidden=3584)
-            save()
+    main_table()
     if args.sweep:
         sweep(records, entries, save)
     save()

@@ -13,7 +13,7 @@ import json
 import sys
 
 from vlmfix.testbed import default_eval_world
-from vlmfix.testbed.categories import BY_ID, BY_NAME
+from vlmfix.testbed.categories import BY_NAME
 
 
 def stats(results_path: str) -> dict:

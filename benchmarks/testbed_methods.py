@@ -195,7 +195,7 @@ def main(argv=None):
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else (
         f"CPU ({platform.processor() or platform.machine()})")
-    md = [f"# Methods on the testbed\n", f"command: `python benchmarks/testbed_methods.py {' '.join(sys.argv[1:])}`  ",
+    md = ["# Methods on the testbed\n", f"command: `python benchmarks/testbed_methods.py {' '.join(sys.argv[1:])}`  ",
           f"vlmfix {vlmfix.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
           f"device {device}, date {datetime.date.today().isoformat()}  ",
           f"POPE: {args.pope_images} held-out scenes x 3 splits (official parser, {args.pope_tokens} new tokens); "

@@ -251,12 +251,18 @@ def test_decode_long_splits_take_their_own_configuration(monkeypatch, method):
     check(q, k, v, scale=0.125, params=params)
 
 
-@pytest.mark.parametrize("prefetch", [False, True])
-def test_var_prefill_fixup_skips_plain_image_blocks(monkeypatch, prefetch):
+def set_fixup(monkeypatch, fixup):
+    """The VAR prefill fix-up: scanning every key block ("scan", "prefetch") or the listed special blocks ("list")."""
+    monkeypatch.setattr(ta, "VAR_FIXUP_PREFETCH", fixup == "prefetch")
+    monkeypatch.setattr(ta, "VAR_FIXUP_LIST", fixup == "list")
+
+
+@pytest.mark.parametrize("fixup", ["scan", "prefetch", "list"])
+def test_var_prefill_fixup_skips_plain_image_blocks(monkeypatch, fixup):
     """One visual sink in a long image: most key blocks hold neither sinks nor text, so the VAR tile's fix-up
     skips them, and the result must still be the reference's; and with no image-centric row the fix-up is skipped
     entirely (output equal to plain attention)."""
-    monkeypatch.setattr(ta, "VAR_FIXUP_PREFETCH", prefetch)
+    set_fixup(monkeypatch, fixup)
     gen = torch.Generator().manual_seed(17)
     n = 90
     q, k, v, _ = inputs(1, 4, 2, n, n, 64, torch.float32, gen)
@@ -383,11 +389,11 @@ def test_reference_log_bias_is_renormalised_multiplicative_weight():
     assert math.isclose(float(out.transpose(1, 2)[..., (cls[0] == (LOCAL | VISUAL))].abs().sum()), 0.0)
 
 
-@pytest.mark.parametrize("mode", ["pair", "redo", "one", "one-fixup-prefetch"])
+@pytest.mark.parametrize("mode", ["pair", "redo", "one", "one-fixup-prefetch", "one-fixup-list", "pair-fixup-list"])
 def test_var_launch_modes(monkeypatch, mode):
     """Every way of sharing tiles between the plain and the VAR path gives the same result."""
     monkeypatch.setattr(ta, "VAR_LAUNCH", mode.split("-")[0])
-    monkeypatch.setattr(ta, "VAR_FIXUP_PREFETCH", mode.endswith("prefetch"))
+    set_fixup(monkeypatch, mode.split("-")[-1] if "fixup" in mode else "scan")
     gen = torch.Generator().manual_seed(21)
     q, k, v, cls = inputs(1, 4, 2, 37, 37, 64, torch.float32, gen)
     params = method_params("var", 1, 4, cls, gen, 37, 37, q, k, v, 0.125, None)
@@ -534,10 +540,12 @@ def test_sink_bits_without_test_equal_classes_ored_by_hand(m, n):
             ta.attention(q, k, v, scale=0.125, params=ReweightParams(key_class=plain, sink_bits=sb, **kw))
 
 
+@pytest.mark.parametrize("fixup", ["prefetch", "list"])
 @pytest.mark.parametrize("m,n", [(37, 37), (5, 70)])
-def test_var_fixup_prefetch_with_padding_and_every_effect(monkeypatch, m, n):
-    """The prefetching fix-up (``VAR_FIXUP_PREFETCH``) under left padding, log bias, emphasis and head scale."""
-    monkeypatch.setattr(ta, "VAR_FIXUP_PREFETCH", True)
+def test_var_fixup_variants_with_padding_and_every_effect(monkeypatch, m, n, fixup):
+    """The prefetching and the listed fix-up (``VAR_FIXUP_PREFETCH``, ``VAR_FIXUP_LIST``) under left padding, log
+    bias, emphasis and head scale."""
+    set_fixup(monkeypatch, fixup)
     gen = torch.Generator().manual_seed(31 + m)
     q, k, v, cls = inputs(2, 4, 2, m, n, 64, torch.float32, gen)
     mask = left_padding(2, m, n, [0, 3])

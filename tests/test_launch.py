@@ -44,6 +44,10 @@ class FakeJit:
             return FakeCompiled(self.log, self.fail_direct)
         return run
 
+    def warmup(self, *args, grid, **kw):
+        self.log.append(("warmup", grid, args, kw))
+        self.compiled += 1
+
 
 def test_repeat_signatures_launch_directly_with_constexprs_in_parameter_order():
     fn = FakeJit()
@@ -106,6 +110,55 @@ def test_disabled_and_misdeclared_kernels():
         DirectLaunch(FakeJit(), enabled=True)((1, 1, 1), (x, 32), {"BLOCK": 16, "FLAG": False}, {})
     with pytest.raises(ValueError, match="three entries"):
         DirectLaunch(FakeJit(), enabled=True)((1, 1), (x, 32, 0.5), {"BLOCK": 16, "FLAG": False}, {})
+
+
+def test_compile_only_compiles_what_a_launch_would_and_launches_nothing():
+    """In compile-only mode a call hands Triton exactly the launch's arguments as a warm-up (same binding, so the same
+    compiled kernel) and keeps no plan: the next real call still goes through Triton once, which finds it compiled."""
+    fn = FakeJit()
+    launch = DirectLaunch(fn, enabled=True)
+    x = torch.zeros(64)
+    call = ((2, 1, 1), (x, 32, 0.5), {"BLOCK": 16, "FLAG": True}, {"num_warps": 4})
+    launch.compile_only = True
+    launch(*call)
+    launch.compile_only = False
+    launch(*call)
+    launch(*call)
+    assert [e[0] for e in fn.log] == ["warmup", "triton", "direct"]
+    assert fn.log[0][1:] == ((2, 1, 1), (x, 32, 0.5), {"BLOCK": 16, "FLAG": True, "num_warps": 4})
+    assert fn.log[0][1:] == fn.log[1][1:]
+
+
+def test_the_wrappers_compile_only_mode_is_scoped():
+    from vlmfix.kernels import triton_attention as ta
+
+    launches = (ta._decode_launch, ta._fwd_launch)
+    assert not any(launch.compile_only for launch in launches)
+    with pytest.raises(RuntimeError, match="inside"):
+        with ta.compile_only():
+            # the interpreter has nothing to compile: its calls keep launching
+            assert all(launch.compile_only == (not ta.INTERPRET) for launch in launches)
+            raise RuntimeError("inside")
+    assert not any(launch.compile_only for launch in launches)
+
+
+def test_compile_ahead_runs_each_call_as_a_compile(monkeypatch):
+    """``compile_ahead`` turns the wrapper's launches into compiles for the calls it is given (here with stand-in
+    kernels, as if on a GPU) and leaves them launching afterwards."""
+    from vlmfix.kernels import triton_attention as ta
+
+    fns = FakeJit(), FakeJit()
+    monkeypatch.setattr(ta, "INTERPRET", False)
+    monkeypatch.setattr(ta, "_decode_launch", DirectLaunch(fns[0], enabled=True))
+    monkeypatch.setattr(ta, "_fwd_launch", DirectLaunch(fns[1], enabled=True))
+    x = torch.zeros(64)
+    calls = [lambda n=n: ta._decode_launch((1, 1, 1), (x, n, 0.5), {"BLOCK": 16, "FLAG": False}, {})
+             for n in (32, 33)] + [lambda: ta._fwd_launch((4, 1, 1), (x, 64, 0.5), {"BLOCK": 64, "FLAG": True}, {})]
+    ta.compile_ahead(calls, workers=2)
+    assert [(e[0], e[2][1]) for e in fns[0].log] == [("warmup", 32), ("warmup", 33)]
+    assert [(e[0], e[2][1]) for e in fns[1].log] == [("warmup", 64)]
+    calls[0]()
+    assert fns[0].log[-1][0] == "triton" and not ta._decode_launch.compile_only and not ta._fwd_launch.compile_only
 
 
 def _params_from_signature(fn):

@@ -11,6 +11,10 @@ compiled kernel (launch hooks included).
 
 If a direct launch raises, the kernel goes back to Triton's own path for good. Under ``TRITON_INTERPRET=1`` there is
 no compiled kernel: every call takes Triton's path.
+
+With ``compile_only`` set, a call compiles the kernel it would launch (Triton's ``warmup``: the same binding, so the
+same compiled kernel a launch would find) and launches nothing; inside ``triton.AsyncCompileMode`` those compiles run
+in its thread pool (``triton_attention.compile_ahead``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class DirectLaunch:
         self.fn = fn
         self.enabled = enabled
         self.error = None  # why the direct path was given up, if it was
+        self.compile_only = False
         self._plans: dict = {}
         self.n_runtime, self.constexpr_names = None, ()
         if enabled:  # (the interpreter's functions carry no parameter list)
@@ -49,6 +54,8 @@ class DirectLaunch:
                 raise TypeError(f"{fn.__name__}: constexpr parameters must come after the runtime ones")
 
     def __call__(self, grid, args: tuple, constexprs: dict, options: dict):
+        if self.compile_only:
+            return self.fn.warmup(*args, grid=grid, **constexprs, **options)
         if not self.enabled:
             return self.fn[grid](*args, **constexprs, **options)
         if len(args) != self.n_runtime:

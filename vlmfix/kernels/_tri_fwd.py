@@ -16,14 +16,16 @@ from ._tri_common import LN2, block_scores, load_v, one_hot16, pv_product, var_w
 
 
 @triton.jit
-def _attend(acc, l_i, m_i, mass, S, Vs, Vns, q, lo, hi, K_blk, V_blk, skn, svn, n_kv, offs_n, offs_d, d_ok, qpos,
-            is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
+def _attend(acc, l_i, m_i, mass, S, Vs, Vns, special, n_special, q, lo, hi, K_blk, V_blk, skn, svn, n_kv, offs_n,
+            offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
             HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHECK_N: tl.constexpr,
             CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, LOAD_CLS: tl.constexpr, HAS_BIAS: tl.constexpr,
             HAS_AMP: tl.constexpr, GROUP: tl.constexpr, DOT_FP32: tl.constexpr, VAR_MASS: tl.constexpr,
-            WANT_MASS: tl.constexpr):
+            WANT_MASS: tl.constexpr, LIST_SPECIAL: tl.constexpr, MAX_BLOCKS: tl.constexpr):
     """Online-softmax loop over keys [lo, hi). ``VAR_MASS`` also sums the sink / visual-sink / visual-non-sink
-    masses VAR decides on (three masked row sums per block, sharing the running max)."""
+    masses VAR decides on (three masked row sums per block, sharing the running max). ``LIST_SPECIAL`` also
+    appends the index of each key block holding a sink or a non-visual key to ``special`` (``n_special`` of them),
+    for the listed fix-up."""
     for start_n in range(lo, hi, BLOCK_N):
         s, cls = block_scores(q, K_blk, skn, start_n, n_kv, offs_n, offs_d, d_ok, qpos, is_last, rows_ok,
                               CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, CLS_b, 0, 0,
@@ -43,10 +45,14 @@ def _attend(acc, l_i, m_i, mass, S, Vs, Vns, q, lo, hi, K_blk, V_blk, skn, svn, 
             S = S * alpha + tl.sum(tl.where(sink, p, 0.0), 1)
             Vs = Vs * alpha + tl.sum(tl.where(sink & vis, p, 0.0), 1)
             Vns = Vns * alpha + tl.sum(tl.where(vis & (~sink), p, 0.0), 1)
+            if LIST_SPECIAL:
+                # the slot at n_special takes this block; it stays only if the block is special
+                special = tl.where(tl.arange(0, MAX_BLOCKS) == n_special, start_n // BLOCK_N, special)
+                n_special += tl.max((((cls & 2) != 0) | ((cls & 1) == 0)).to(tl.int32), 0)
         v = load_v(V_blk, svn, start_n + offs_n, n_kv, offs_d, d_ok, HEAD_DIM, BLOCK_D, CHECK_N)
         acc = pv_product(p, v, acc, DOT_FP32)
         m_i = m_new
-    return acc, l_i, m_i, mass, S, Vs, Vns
+    return acc, l_i, m_i, mass, S, Vs, Vns, special, n_special
 
 
 @triton.jit
@@ -96,6 +102,32 @@ def _var_fixup(acc, m_use, c_sink, c_rest, q, lo, hi, K_blk, V_blk, skn, svn, n_
 
 
 @triton.jit
+def _var_fixup_listed(acc, m_use, c_sink, c_rest, special, n_special, q, K_blk, V_blk, skn, svn, n_kv, offs_n, offs_d,
+                      d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
+                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                      HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr, GROUP: tl.constexpr,
+                      DOT_FP32: tl.constexpr, MAX_BLOCKS: tl.constexpr):
+    """``_var_fixup`` over the special key blocks the flash loop listed, and only those: no branch on loaded data,
+    so the compiler can pipeline the loop like the flash loop (each block's key, value and class loads issued
+    ahead), where the scanning fix-up waits for each special block's loads in turn. Every listed block is treated
+    as possibly partial (range and causal masks), which costs a few selects."""
+    slots = tl.arange(0, MAX_BLOCKS)
+    for j in range(0, n_special):
+        start_n = tl.sum(tl.where(slots == j, special, 0), 0) * BLOCK_N
+        s, cls = block_scores(q, K_blk, skn, start_n, n_kv, offs_n, offs_d, d_ok, qpos, is_last, rows_ok,
+                              CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, CLS_b, 0, 0,
+                              HEAD_DIM, BLOCK_D, True, CAUSAL, HAS_MASK, True, HAS_BIAS, HAS_AMP, GROUP,
+                              DOT_FP32, False, False, False)
+        sink = ((cls & 2) != 0)[None, :]
+        vis = ((cls & 1) != 0)[None, :]
+        coef = tl.where(sink, c_sink[:, None], tl.where(vis, 0.0, c_rest[:, None]))
+        p = tl.exp2(s - m_use[:, None]) * coef
+        v = load_v(V_blk, svn, start_n + offs_n, n_kv, offs_d, d_ok, HEAD_DIM, BLOCK_D, True)
+        acc = pv_product(p, v, acc, DOT_FP32)
+    return acc
+
+
+@triton.jit
 def fwd_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS,
                sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, som, soh,
                smb, smh, smm, smn, scb, scn, slb_b, slb_h, sam_b, sam_h, svp_b, svp_h, shs_b, shs_h,
@@ -104,7 +136,7 @@ def fwd_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS,
                GROUP: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, LOAD_CLS: tl.constexpr,
                HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr, VAR_PASS: tl.constexpr, HAS_HS: tl.constexpr,
                WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr, DOT_FP32: tl.constexpr,
-               FIXUP_PREFETCH: tl.constexpr):
+               FIXUP_PREFETCH: tl.constexpr, FIXUP_LIST: tl.constexpr, MAX_BLOCKS: tl.constexpr):
     # Longest (causal) tiles first, so the tail of the grid is short work.
     pid_t = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -164,7 +196,8 @@ def fwd_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS,
             _var_tile(q, eligible, p_var, var_rho, var_min_mass, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d,
                       d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, O, HS, LSE,
                       MASS, b, h_row, i_row, sob, som, soh, shs_b, shs_h, M, H, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-                      CAUSAL, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, HAS_HS, WANT_LSE, WANT_MASS, FIXUP_PREFETCH)
+                      CAUSAL, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, HAS_HS, WANT_LSE, WANT_MASS, FIXUP_PREFETCH,
+                      FIXUP_LIST, MAX_BLOCKS)
     else:
         if VAR_PASS != 2:
             _plain_tile(q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos, is_last, rows_ok, CLS_b,
@@ -181,10 +214,10 @@ def _plain_tile(q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpo
                 HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr, GROUP: tl.constexpr, DOT_FP32: tl.constexpr,
                 HAS_HS: tl.constexpr, WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr):
     """The flash loop over every key of the tile, then the epilogue."""
-    acc, l_i, m_i, mass, _s, _vs, _vns = _flash_loop(
+    acc, l_i, m_i, mass, _s, _vs, _vns, _special, _n = _flash_loop(
         q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row,
         AMP_row, MASK_row, smn, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, CAUSAL, HAS_MASK, LOAD_CLS, HAS_BIAS,
-        HAS_AMP, GROUP, DOT_FP32, False, WANT_MASS)
+        HAS_AMP, GROUP, DOT_FP32, False, WANT_MASS, False, 1)
     _epilogue(acc, l_i, m_i, mass, O, HS, LSE, MASS, b, h_row, i_row, rows_ok, offs_d, d_ok, sob, som, soh,
               shs_b, shs_h, M, H, HAS_HS, WANT_LSE, WANT_MASS)
 
@@ -194,20 +227,24 @@ def _flash_loop(q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpo
                 LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
                 LOAD_CLS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr, GROUP: tl.constexpr,
-                DOT_FP32: tl.constexpr, VAR_MASS: tl.constexpr, WANT_MASS: tl.constexpr):
+                DOT_FP32: tl.constexpr, VAR_MASS: tl.constexpr, WANT_MASS: tl.constexpr,
+                LIST_SPECIAL: tl.constexpr, MAX_BLOCKS: tl.constexpr):
     """Keys below ``mid`` unmasked, then the masked remainder up to ``hi``, from fresh accumulators."""
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     zero = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     mass = tl.zeros([BLOCK_M, 16], dtype=tl.float32)
-    acc, l_i, m_i, mass, S, Vs, Vns = _attend(
-        acc, zero, m_i, mass, zero, zero, zero, q, 0, mid, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos,
-        is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, False,
-        False, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, VAR_MASS, WANT_MASS)
+    special = tl.zeros([MAX_BLOCKS], dtype=tl.int32)
+    acc, l_i, m_i, mass, S, Vs, Vns, special, n_special = _attend(
+        acc, zero, m_i, mass, zero, zero, zero, special, tl.full([], 0, dtype=tl.int32), q, 0, mid, K_blk, V_blk, skn, svn, N, offs_n, offs_d,
+        d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM, BLOCK_D,
+        BLOCK_N, False, False, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, VAR_MASS, WANT_MASS,
+        LIST_SPECIAL, MAX_BLOCKS)
     return _attend(
-        acc, l_i, m_i, mass, S, Vs, Vns, q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos,
-        is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, True,
-        CAUSAL, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, VAR_MASS, WANT_MASS)
+        acc, l_i, m_i, mass, S, Vs, Vns, special, n_special, q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d,
+        d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM, BLOCK_D,
+        BLOCK_N, True, CAUSAL, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, VAR_MASS, WANT_MASS,
+        LIST_SPECIAL, MAX_BLOCKS)
 
 
 @triton.jit
@@ -216,7 +253,8 @@ def _var_tile(q, eligible, p_var, var_rho, var_min_mass, mid, hi, K_blk, V_blk, 
               h_row, i_row, sob, som, soh, shs_b, shs_h, M, H, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
               HAS_BIAS: tl.constexpr, HAS_AMP: tl.constexpr, GROUP: tl.constexpr, DOT_FP32: tl.constexpr,
-              HAS_HS: tl.constexpr, WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr, FIXUP_PREFETCH: tl.constexpr):
+              HAS_HS: tl.constexpr, WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr, FIXUP_PREFETCH: tl.constexpr,
+              FIXUP_LIST: tl.constexpr, MAX_BLOCKS: tl.constexpr):
     """The flash loop with VAR's masses, the VAR decision per row, then a fix-up over the few special key blocks.
 
     With weights ``w_s`` (sink keys), ``w_v`` (visual non-sink keys) and 1 (the rest), the re-weighted output is
@@ -225,24 +263,30 @@ def _var_tile(q, eligible, p_var, var_rho, var_min_mass, mid, hi, K_blk, V_blk, 
     image, the few visual sinks); blocks inside the image cost one class load. Tiles where no row is selected skip
     the fix-up altogether.
     """
-    acc, l_i, m_i, mass, S, Vs, Vns = _flash_loop(
+    acc, l_i, m_i, mass, S, Vs, Vns, special, n_special = _flash_loop(
         q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row,
         AMP_row, MASK_row, smn, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, CAUSAL, HAS_MASK, True, HAS_BIAS,
-        HAS_AMP, GROUP, DOT_FP32, True, WANT_MASS)
+        HAS_AMP, GROUP, DOT_FP32, True, WANT_MASS, FIXUP_LIST, MAX_BLOCKS)
     w_sink, w_vis = var_weights(l_i, S, Vs, Vns, eligible, p_var, var_rho, var_min_mass)
     if tl.sum((w_vis != 1.0).to(tl.int32) + (w_sink != 1.0).to(tl.int32), 0) > 0:
         m_use = tl.where(m_i == float("-inf"), 0.0, m_i)
         acc = acc * w_vis[:, None]
         c_sink = w_sink - w_vis
         c_rest = 1.0 - w_vis
-        acc = _var_fixup(acc, m_use, c_sink, c_rest, q, 0, mid, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
-                         qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM,
-                         BLOCK_D, BLOCK_N, False, False, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32,
-                         FIXUP_PREFETCH)
-        acc = _var_fixup(acc, m_use, c_sink, c_rest, q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
-                         qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM,
-                         BLOCK_D, BLOCK_N, True, CAUSAL, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32,
-                         FIXUP_PREFETCH)
+        if FIXUP_LIST:
+            acc = _var_fixup_listed(acc, m_use, c_sink, c_rest, special, n_special, q, K_blk, V_blk, skn, svn, N,
+                                    offs_n, offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row,
+                                    MASK_row, smn, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, HAS_MASK, HAS_BIAS,
+                                    HAS_AMP, GROUP, DOT_FP32, MAX_BLOCKS)
+        else:
+            acc = _var_fixup(acc, m_use, c_sink, c_rest, q, 0, mid, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
+                             qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM,
+                             BLOCK_D, BLOCK_N, False, False, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32,
+                             FIXUP_PREFETCH)
+            acc = _var_fixup(acc, m_use, c_sink, c_rest, q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok,
+                             qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM,
+                             BLOCK_D, BLOCK_N, True, CAUSAL, HAS_MASK, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32,
+                             FIXUP_PREFETCH)
     _epilogue(acc, l_i, m_i, mass, O, HS, LSE, MASS, b, h_row, i_row, rows_ok, offs_d, d_ok, sob, som, soh,
               shs_b, shs_h, M, H, HAS_HS, WANT_LSE, WANT_MASS)
 

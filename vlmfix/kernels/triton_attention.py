@@ -97,8 +97,11 @@ FUSED_COMBINE = True
 DECODE_PREFETCH_CLS = True
 # VAR prefill fix-up: next block's classes one iteration ahead, value load beside the key load.
 VAR_FIXUP_PREFETCH = True
+# VAR prefill fix-up over a list of the special key blocks that the flash loop builds, with no branch on loaded data,
+# so the compiler can pipeline it (the scanning fix-up's loads are not: compiled_sm90.md). Not yet timed: off.
+VAR_FIXUP_LIST = False
 _LAUNCH_CHOICES = ("CONFIGS", "DECODE_SPLIT", "VAR_LAUNCH", "FUSED_COMBINE", "DECODE_PREFETCH_CLS",
-                   "VAR_FIXUP_PREFETCH")
+                   "VAR_FIXUP_PREFETCH", "VAR_FIXUP_LIST")
 
 
 @contextlib.contextmanager
@@ -123,6 +126,41 @@ def launch_choices(**overrides):
         for name, value in saved.items():
             _set_choice(module, name, value)
         _split_cache.clear()
+
+
+@contextlib.contextmanager
+def compile_only():
+    """Inside: a call compiles the fused forward or decode kernel it would launch and launches neither, so their
+    outputs are not written (the small statistics and separate-combine launches still run). For compiling ahead."""
+    launches = (_decode_launch, _fwd_launch)
+    saved = [launch.compile_only for launch in launches]
+    for launch in launches:
+        launch.compile_only = not INTERPRET  # the interpreter has nothing to compile
+    try:
+        yield
+    finally:
+        for launch, was in zip(launches, saved):
+            launch.compile_only = was
+
+
+def compile_ahead(calls, workers: int | None = None) -> float:
+    """Runs each of ``calls`` (functions that call ``attention``) in ``compile_only`` mode, with the compiles in a
+    thread pool, and returns the seconds it took. A first call of each kernel variant otherwise compiles it on the
+    spot, one after the other: seconds each for these kernels, most of a GPU benchmark's or check's time. Later
+    calls with the same variants find them compiled. Without Triton's ``AsyncCompileMode`` the compiles run in turn."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    t0 = time.perf_counter()
+    mode = getattr(triton, "AsyncCompileMode", None)
+    workers = workers or max(1, min(16, len(os.sched_getaffinity(0))))
+    with contextlib.ExitStack() as stack:
+        if mode is not None and workers > 1:
+            stack.enter_context(mode(stack.enter_context(ThreadPoolExecutor(workers))))
+        stack.enter_context(compile_only())
+        for call in calls:
+            call()
+    return time.perf_counter() - t0
 
 
 def _set_choice(module, name, value):
@@ -384,9 +422,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
                 *ms, *cs, *lbs, *ams, *vps, *hss, qk_scale, rho, min_mass, m, n, hq, group, amp_start)
 
         def launch(var_pass):
+            listed = VAR_FIXUP_LIST and var_pass >= 2
             _fwd_launch(grid, args, dict(HEAD_DIM=d, BLOCK_D=block_d, GROUP=pack, CAUSAL=mask is None,
                                          LOAD_CLS=load_cls, VAR_PASS=var_pass, DOT_FP32=dot_fp32, **common,
-                                         **blocks, FIXUP_PREFETCH=VAR_FIXUP_PREFETCH and var_pass >= 2),
+                                         **blocks, FIXUP_PREFETCH=VAR_FIXUP_PREFETCH and var_pass >= 2,
+                                         FIXUP_LIST=listed,
+                                         MAX_BLOCKS=_pow2(-(-n // blocks["BLOCK_N"])) if listed else 1),
                           options)
 
         if var_p is None:
