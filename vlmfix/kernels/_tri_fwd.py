@@ -56,6 +56,16 @@ def _attend(acc, l_i, m_i, mass, S, Vs, Vns, special, n_special, q, lo, hi, K_bl
 
 
 @triton.jit
+def _fixup_probs(s, cls, m_use, c_sink, c_rest):
+    """A block's probabilities under the row's final max, times what the fix-up adds per key: ``c_sink`` on sink
+    keys, nothing on visual non-sink keys (the accumulator's rescale covered them), ``c_rest`` on the rest."""
+    sink = ((cls & 2) != 0)[None, :]
+    vis = ((cls & 1) != 0)[None, :]
+    coef = tl.where(sink, c_sink[:, None], tl.where(vis, 0.0, c_rest[:, None]))
+    return tl.exp2(s - m_use[:, None]) * coef
+
+
+@triton.jit
 def _var_fixup(acc, m_use, c_sink, c_rest, q, lo, hi, K_blk, V_blk, skn, svn, n_kv, offs_n, offs_d, d_ok, qpos,
                is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale,
                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHECK_N: tl.constexpr,
@@ -91,10 +101,7 @@ def _var_fixup(acc, m_use, c_sink, c_rest, q, lo, hi, K_blk, V_blk, skn, svn, n_
                                   CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, CLS_b, 0, c,
                                   HEAD_DIM, BLOCK_D, CHECK_N, CAUSAL, HAS_MASK, True, HAS_BIAS, HAS_AMP, GROUP,
                                   DOT_FP32, False, False, PREFETCH)
-            sink = ((cls & 2) != 0)[None, :]
-            vis = ((cls & 1) != 0)[None, :]
-            coef = tl.where(sink, c_sink[:, None], tl.where(vis, 0.0, c_rest[:, None]))
-            p = tl.exp2(s - m_use[:, None]) * coef
+            p = _fixup_probs(s, cls, m_use, c_sink, c_rest)
             if not PREFETCH:
                 v = load_v(V_blk, svn, keys, n_kv, offs_d, d_ok, HEAD_DIM, BLOCK_D, CHECK_N)
             acc = pv_product(p, v, acc, DOT_FP32)
@@ -118,10 +125,7 @@ def _var_fixup_listed(acc, m_use, c_sink, c_rest, special, n_special, q, K_blk, 
                               CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, CLS_b, 0, 0,
                               HEAD_DIM, BLOCK_D, True, CAUSAL, HAS_MASK, True, HAS_BIAS, HAS_AMP, GROUP,
                               DOT_FP32, False, False, False)
-        sink = ((cls & 2) != 0)[None, :]
-        vis = ((cls & 1) != 0)[None, :]
-        coef = tl.where(sink, c_sink[:, None], tl.where(vis, 0.0, c_rest[:, None]))
-        p = tl.exp2(s - m_use[:, None]) * coef
+        p = _fixup_probs(s, cls, m_use, c_sink, c_rest)
         v = load_v(V_blk, svn, start_n + offs_n, n_kv, offs_d, d_ok, HEAD_DIM, BLOCK_D, True)
         acc = pv_product(p, v, acc, DOT_FP32)
     return acc
