@@ -443,6 +443,10 @@ def test_launch_choices_are_restored_and_checked():
         assert ta.decode_splits(70, 4, 16, torch.device("cpu"))[0] == 1
     assert ta.VAR_LAUNCH == before_launch and ta.DECODE_SPLIT == before_split
     assert ta.decode_splits(70, 4, 16, torch.device("cpu"))[0] > 1  # the plan cached inside was dropped
+    with pytest.raises(ValueError, match=r"DECODE_SPLIT override lacks \['max_splits'\]"):
+        with ta.launch_choices(DECODE_SPLIT={k: v for k, v in before_split.items() if k != "max_splits"}):
+            pass
+    assert ta.DECODE_SPLIT == before_split
     with pytest.raises(ValueError, match="unknown launch choices"):
         with ta.launch_choices(BLOCK_SIZE=64):
             pass

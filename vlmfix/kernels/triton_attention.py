@@ -100,6 +100,7 @@ VAR_FIXUP_PREFETCH = True
 # VAR prefill fix-up over a list of the special key blocks that the flash loop builds, with no branch on loaded data,
 # so the compiler can pipeline it (the scanning fix-up's loads are not: compiled_sm90.md). Not yet timed: off.
 VAR_FIXUP_LIST = False
+_SPLIT_KEYS = frozenset(("min_keys", "keys_per_split", "waves", "busy_keys_per_split", "busy_waves", "max_splits"))
 _LAUNCH_CHOICES = ("CONFIGS", "DECODE_SPLIT", "VAR_LAUNCH", "FUSED_COMBINE", "DECODE_PREFETCH_CLS",
                    "VAR_FIXUP_PREFETCH", "VAR_FIXUP_LIST")
 
@@ -113,6 +114,11 @@ def launch_choices(**overrides):
     unknown = set(overrides) - set(_LAUNCH_CHOICES)
     if unknown:
         raise ValueError(f"unknown launch choices {sorted(unknown)}; supported: {list(_LAUNCH_CHOICES)}")
+    if "DECODE_SPLIT" in overrides:  # it replaces the whole dict: a key left out would fail at the next decode
+        missing = _SPLIT_KEYS - set(overrides["DECODE_SPLIT"])
+        if missing:
+            raise ValueError(f"DECODE_SPLIT override lacks {sorted(missing)}; it needs {sorted(_SPLIT_KEYS)} "
+                             "(long_keys and busy_long_keys are optional)")
     module = sys.modules[__name__]
     saved = {}
     for name, value in overrides.items():
