@@ -182,6 +182,14 @@ CASES = [
 ]
 
 
+def recorded_call(case) -> tuple:
+    """(grid, runtime arguments, constexprs, options) of the launch a case's wrapper call makes."""
+    label, kernel, call, choices = case
+    with ta.launch_choices(**choices), recorded_launches() as calls:
+        call()
+    return calls[kernel]
+
+
 def compile_seconds(threads: int) -> float:
     """Wall time to compile the decode variants of ``CASES`` (fresh cache) with ``threads`` compiling at once: tells
     whether Triton's compiler runs in parallel threads (``triton_attention.compile_ahead`` relies on it)."""
@@ -189,11 +197,9 @@ def compile_seconds(threads: int) -> float:
     from concurrent.futures import ThreadPoolExecutor
 
     sources = []
-    for label, kernel, call, choices in CASES:
-        if kernel == "decode":
-            with ta.launch_choices(**choices), recorded_launches() as calls:
-                call()
-            grid, launch_args, constexprs, options = calls[kernel]
+    for case in CASES:
+        if case[1] == "decode":
+            grid, launch_args, constexprs, options = recorded_call(case)
             sources.append((specialised_source(decode_kernel, launch_args, constexprs), options))
     cache = tempfile.mkdtemp(prefix="vlmfix-compile-")
     saved = triton.knobs.cache.dir
@@ -215,13 +221,10 @@ def main():
     if ta.INTERPRET:
         raise SystemExit("unset TRITON_INTERPRET: the kernels must be compiled, not interpreted")
     rows = []
-    for label, kernel, call, choices in CASES:
-        with ta.launch_choices(**choices), recorded_launches() as calls:
-            call()
-        grid, launch_args, constexprs, options = calls[kernel]
+    for case in CASES:
+        label, kernel, _, choices = case
         rows.append(dict(label=label, choices={k: str(v) for k, v in choices.items()},
-                         **analyse(decode_kernel if kernel == "decode" else fwd_kernel,
-                                   (grid, launch_args, constexprs, options))))
+                         **analyse(decode_kernel if kernel == "decode" else fwd_kernel, recorded_call(case))))
         r = rows[-1]
         print(f"{label:62} regs {r['registers']:>3} local {r['local_bytes']} | outside loops "
               f"{r['outside_loops']['instructions']} instr {r['outside_loops']['barriers']} BAR"

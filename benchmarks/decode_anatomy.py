@@ -67,35 +67,36 @@ def main():
     records = []
     meta = dict(command="python benchmarks/decode_anatomy.py", torch=torch.__version__, triton=triton.__version__,
                 gpu=torch.cuda.get_device_name(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
-    def compile_all():  # every (N, method, split count) variant, compiled in parallel before anything is timed
+
+    def rows():
+        """Every (N, method, keys per split) row with its inputs, one set of tensors per N."""
         for n, per_split in PER_SPLIT.items():
             q = torch.randn(1, H, 1, D, device="cuda", dtype=DTYPE)
             k = torch.randn(1, H, n, D, device="cuda", dtype=DTYPE)
+            v = torch.randn_like(k)
             for method in ("none", "var"):
                 p = make_params(method, 1, n)
                 for keys in per_split:
-                    with ta.launch_choices(DECODE_SPLIT=forced_split(keys if keys < n else 0)):
-                        ta.attention(q, k, k, scale=scale, params=p)
+                    yield n, method, forced_split(keys if keys < n else 0), q, k, v, p
+
+    def compile_all():  # every variant, compiled in parallel before anything is timed
+        for n, method, split, q, k, v, p in rows():
+            with ta.launch_choices(DECODE_SPLIT=split):
+                ta.attention(q, k, v, scale=scale, params=p)
 
     meta["compile_ahead_s"] = round(ta.compile_ahead([compile_all]), 1)
-    for n, per_split in PER_SPLIT.items():
-        q = torch.randn(1, H, 1, D, device="cuda", dtype=DTYPE)
-        k = torch.randn(1, H, n, D, device="cuda", dtype=DTYPE)
-        v = torch.randn_like(k)
-        sdpa = _sdpa_decode(q, k, v, scale)[2]
-        sdpa_us = graph_us(sdpa)
-        for method in ("none", "var"):
-            p = make_params(method, 1, n)
-            for keys in per_split:
-                with ta.launch_choices(DECODE_SPLIT=forced_split(keys if keys < n else 0)):
-                    _, _, splits, chunk = ta.decode_plan(n, H, "half", q.device)
-                    fn = lambda: ta.attention(q, k, v, scale=scale, params=p)  # noqa: E731
-                    fn()
-                    us = min(graph_us(fn) for _ in range(2))
-                rec = dict(n=n, method=method, splits=splits, chunk=chunk, us=us, sdpa_us=sdpa_us)
-                records.append(rec)
-                print(json.dumps(rec), flush=True)
-        sdpa_us = min(sdpa_us, graph_us(sdpa))
+    sdpa_us = {}
+    for n, method, split, q, k, v, p in rows():
+        if n not in sdpa_us:
+            sdpa_us[n] = graph_us(_sdpa_decode(q, k, v, scale)[2])
+        with ta.launch_choices(DECODE_SPLIT=split):
+            _, _, splits, chunk = ta.decode_plan(n, H, "half", q.device)
+            fn = lambda: ta.attention(q, k, v, scale=scale, params=p)  # noqa: E731
+            fn()
+            us = min(graph_us(fn) for _ in range(2))
+        rec = dict(n=n, method=method, splits=splits, chunk=chunk, us=us, sdpa_us=sdpa_us[n])
+        records.append(rec)
+        print(json.dumps(rec), flush=True)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "decode_anatomy")
     with open(path + ".json.tmp", "w") as fh:

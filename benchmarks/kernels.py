@@ -229,10 +229,10 @@ def _decode_config(**change):
     return cfgs
 
 
-# Alternatives to the current defaults, timed beside them: the listed VAR fix-up (a candidate, off by default), each
-# of the two class prefetches off, 64-key blocks for
-# long batch-1 splits, 128-key blocks for every split, 64-key splits (more programs, fewer blocks each), and, for the
-# GQA shapes, splitting rows from 128 keys and a higher split cap. Phase "decode_gqa" runs the GQA_SHAPES at batch 1.
+# Alternatives to the current defaults, timed beside them: the listed VAR fix-up (a candidate, off by default), for
+# the GQA shapes splitting rows from 128 keys and a higher split cap, each of the two class prefetches off, 64-key
+# blocks for long batch-1 splits, 128-key blocks for every split, and 64-key splits (more programs, fewer blocks
+# each). Phase "decode_gqa" runs the GQA_SHAPES at batch 1.
 SWEEP = [
     # the prefill fix-up over the listed special blocks (pipelined), the candidate against the scanning one
     (dict(VAR_FIXUP_LIST=True), "prefill", (640, 2900, 8192), (1,), ("var", "var_worst", "all")),
@@ -307,9 +307,9 @@ def markdown(records, meta) -> str:
         bar = _bar(r)
         verdict = "—" if bar is None else f"≤ {bar} " + ("✅" if r["ratio"] <= bar else "❌")
         gpu = (f"{r['graph_ms']:.4f} / {r['sdpa_graph_ms']:.4f}" if "graph_ms" in r else "—")
-        out.append(f"| {r['phase']} | {r['n']} | {r['batch']} | {r['method']}{_shape(r)} | {r['ms']:.4f} | {r['sdpa_ms']:.4f} "
-                   f"({r['sdpa_backend']}) | {r['ratio']:.2f} | {verdict} | {gpu} | {r['wrapper_us']:.0f} / "
-                   f"{r['sdpa_wrapper_us']:.0f} |")
+        out.append(f"| {r['phase']} | {r['n']} | {r['batch']} | {r['method']}{_shape(r)} | {r['ms']:.4f} | "
+                   f"{r['sdpa_ms']:.4f} ({r['sdpa_backend']}) | {r['ratio']:.2f} | {verdict} | {gpu} | "
+                   f"{r['wrapper_us']:.0f} / {r['sdpa_wrapper_us']:.0f} |")
     sweep_rows = [r for r in records if r["phase"].startswith("sweep")]
     if sweep_rows:
         out += ["", "## Sweep (same run: alternatives to the defaults)", "",
@@ -368,22 +368,20 @@ def main():
             dump("kernels_h200_all.json", dict(meta=meta, records=records))
 
     def main_table(compile_only=False):
+        group_done = (lambda: None) if compile_only else save
         if "prefill" in phases:
             for n in (640, 2900, 8192):
                 prefill(n, ("none", "var", "var_worst", "all"), records, graph=n == 640, compile_only=compile_only)
-                if not compile_only:
-                    save()
+                group_done()
         if "decode" in phases:
             for b in (1, 8):
                 for n in (640, 2900, 8192):
                     decode(n, b, ("none", "var", "var_step", "all"), records, compile_only=compile_only)
-                    if not compile_only:
-                        save()
+                    group_done()
             for hq, hkv, n in GQA_SHAPES:
                 decode(n, 1, ("none", "var", "var_step"), records, heads=hq, kv_heads=hkv, hidden=3584,
                        compile_only=compile_only)
-                if not compile_only:
-                    save()
+                group_done()
 
     if args.compile_ahead:  # every variant this run launches, compiled in parallel before anything is timed
         calls = [] if args.sweep_only else [lambda: main_table(compile_only=True)]
@@ -402,6 +400,7 @@ def main():
     save()
     print("direct launch:", meta["direct_launch"], flush=True)
     print("\n" + "\n".join(_fmt(r) for r in records))
+
 
 if __name__ == "__main__":
     main()

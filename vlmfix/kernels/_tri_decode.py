@@ -198,10 +198,10 @@ def decode_kernel(Q, K, V, O, MASK, CLS, LB, AMP, VARP, HS, LSE, MASS, WS_O, WS_
 
 
 @triton.jit
-def _merge_head(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, b, h, sob, soh, scb, scn, svp_b, svp_h,
-                         shs_b, shs_h, var_rho, var_min_mass, N, H, G, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                         BLOCK_M: tl.constexpr, SPLITS: tl.constexpr, PARTS: tl.constexpr, HAS_HS: tl.constexpr,
-                         WANT_LSE: tl.constexpr, WANT_MASS: tl.constexpr):
+def _merge_head(O, CLS, VARP, HS, LSE, MASS, WS_O, WS_S, WS_M, b, h, sob, soh, scb, scn, svp_b, svp_h, shs_b, shs_h,
+                var_rho, var_min_mass, N, H, G, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                SPLITS: tl.constexpr, PARTS: tl.constexpr, HAS_HS: tl.constexpr, WANT_LSE: tl.constexpr,
+                WANT_MASS: tl.constexpr):
     """Merges the splits of one (batch, query head) row: rescale each split to the common max, add; VAR is decided
     on the merged part masses. The splits are unrolled (``SPLITS`` is a compile-time constant, at most
     ``DECODE_SPLIT["max_splits"]``): each split's values are scalars or one row spread over the threads, so merging

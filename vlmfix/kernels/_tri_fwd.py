@@ -48,11 +48,17 @@ def _attend(acc, l_i, m_i, mass, S, Vs, Vns, special, n_special, q, lo, hi, K_bl
             if LIST_SPECIAL:
                 # the slot at n_special takes this block; it stays only if the block is special
                 special = tl.where(tl.arange(0, MAX_BLOCKS) == n_special, start_n // BLOCK_N, special)
-                n_special += tl.max((((cls & 2) != 0) | ((cls & 1) == 0)).to(tl.int32), 0)
+                n_special += tl.max(_needs_fixup(cls).to(tl.int32), 0)
         v = load_v(V_blk, svn, start_n + offs_n, n_kv, offs_d, d_ok, HEAD_DIM, BLOCK_D, CHECK_N)
         acc = pv_product(p, v, acc, DOT_FP32)
         m_i = m_new
     return acc, l_i, m_i, mass, S, Vs, Vns, special, n_special
+
+
+@triton.jit
+def _needs_fixup(cls):
+    """Per key: VAR's fix-up revisits it (a sink, or a key that is not visual)."""
+    return ((cls & 2) != 0) | ((cls & 1) == 0)
 
 
 @triton.jit
@@ -92,8 +98,7 @@ def _var_fixup(acc, m_use, c_sink, c_rest, q, lo, hi, K_blk, V_blk, skn, svn, n_
             c = tl.load(CLS_b + keys * scn, mask=keys < n_kv, other=1).to(tl.int32)
         else:
             c = tl.load(CLS_b + keys * scn).to(tl.int32)
-        special = ((c & 2) != 0) | ((c & 1) == 0)
-        if tl.sum(special.to(tl.int32), 0) > 0:
+        if tl.sum(_needs_fixup(c).to(tl.int32), 0) > 0:
             if PREFETCH:
                 v = load_v(V_blk, svn, keys, n_kv, offs_d, d_ok, HEAD_DIM, BLOCK_D, CHECK_N)
             # keys past n_kv carry class 1 here; their scores are -inf whatever their class
@@ -240,10 +245,10 @@ def _flash_loop(q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d, d_ok, qpo
     mass = tl.zeros([BLOCK_M, 16], dtype=tl.float32)
     special = tl.zeros([MAX_BLOCKS], dtype=tl.int32)
     acc, l_i, m_i, mass, S, Vs, Vns, special, n_special = _attend(
-        acc, zero, m_i, mass, zero, zero, zero, special, tl.full([], 0, dtype=tl.int32), q, 0, mid, K_blk, V_blk, skn, svn, N, offs_n, offs_d,
-        d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM, BLOCK_D,
-        BLOCK_N, False, False, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32, VAR_MASS, WANT_MASS,
-        LIST_SPECIAL, MAX_BLOCKS)
+        acc, zero, m_i, mass, zero, zero, zero, special, tl.full([], 0, dtype=tl.int32), q, 0, mid, K_blk, V_blk,
+        skn, svn, N, offs_n, offs_d, d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn,
+        qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, False, False, HAS_MASK, LOAD_CLS, HAS_BIAS, HAS_AMP, GROUP, DOT_FP32,
+        VAR_MASS, WANT_MASS, LIST_SPECIAL, MAX_BLOCKS)
     return _attend(
         acc, l_i, m_i, mass, S, Vs, Vns, special, n_special, q, mid, hi, K_blk, V_blk, skn, svn, N, offs_n, offs_d,
         d_ok, qpos, is_last, rows_ok, CLS_b, scn, LB_row, AMP_row, MASK_row, smn, qk_scale, HEAD_DIM, BLOCK_D,
