@@ -177,8 +177,8 @@ CASES = [
     ("decode N=2900 var_step, 28/4 heads (splits capped)", "decode",
      lambda: decode_call(2900, "var_step", 28, 4, 3584), {}),
     ("prefill N=640 none", "fwd", lambda: prefill_call(640, "none"), {}),
-    ("prefill N=640 var", "fwd", lambda: prefill_call(640, "var"), {}),
-    ("prefill N=640 var, listed fix-up", "fwd", lambda: prefill_call(640, "var"), dict(VAR_FIXUP_LIST=True)),
+    ("prefill N=640 var (listed fix-up)", "fwd", lambda: prefill_call(640, "var"), {}),
+    ("prefill N=640 var, scanning fix-up", "fwd", lambda: prefill_call(640, "var"), dict(VAR_FIXUP_LIST=False)),
 ]
 
 

@@ -150,6 +150,15 @@ def _text(n, vocab_hi, g):
     return torch.randint(3, vocab_hi, (n,), generator=g)
 
 
+def direct_launch_plans() -> int:
+    """Kernel launches cached for the direct path so far: one per call that went through Triton's own launch."""
+    try:
+        from vlmfix.kernels import triton_attention as ta
+    except Exception:  # no Triton here
+        return 0
+    return len(ta._decode_launch._plans) + len(ta._fwd_launch._plans)
+
+
 def build_llava(device, dtype, quick, text_tokens):
     import transformers as tf
 
@@ -309,6 +318,8 @@ class Runner:
         self.times: dict = {}  # key -> list of seconds
         self.round_ids: dict = {}  # key -> (phase, round) of each of those runs, to pair runs of the same round
         self.discarded: dict = {}  # key -> seconds of the rounds run but not kept
+        # key -> per timed run, the calls that took Triton's own launch path (new direct-launch keys; 0 once warm)
+        self.slow_launches: dict = {}
         self.mems: dict = {}
         self.stats: dict = {}
         self.syncs: dict = {}
@@ -443,17 +454,20 @@ class Runner:
                     log(msg)
                     self.skipped.append(msg)
                     return
+                plans = direct_launch_plans()
                 try:
                     dt, mem, stats, _ = self.generate(bench, inputs, cfg, args.new_tokens)
                 except Exception as exc:
                     self.fail(name, batch, cfg, exc)
                     continue
                 key = (name, batch, *cfg)
+                slow = direct_launch_plans() - plans
                 if r < 0:  # a full-length round that is run but not kept (first rounds run slow here)
                     self.discarded.setdefault(key, []).append(dt)
                     log(f"discarded {name} b{batch} {cfg[0]:<11} {cfg[1]:<6} {dt:6.2f}s")
                     continue
                 self.times.setdefault(key, []).append(dt)
+                self.slow_launches.setdefault(key, []).append(slow)
                 self.round_ids.setdefault(key, []).append((label, r))
                 self.mems.setdefault(key, []).append(mem)
                 if stats:
@@ -461,7 +475,7 @@ class Runner:
                 if cfg[0] == "vanilla":
                     self.step_est[(name, batch)] = statistics.median(self.times[key])
                 log(f"run{r} {name} b{batch} {cfg[0]:<11} {cfg[1]:<6} {dt:6.2f}s "
-                    f"{batch * args.new_tokens / dt:8.1f} tok/s  peak {mem:6.2f} GiB")
+                    f"{batch * args.new_tokens / dt:8.1f} tok/s  peak {mem:6.2f} GiB  slow launches {slow}")
                 self.write()
 
     def profile(self, bench, batch, cfg, new_tokens=16):
@@ -532,6 +546,7 @@ class Runner:
                    "mem_ratio": round(mem / v_mem, 4) if mem is not None and v_mem else None,
                    "n_repeats": len(ts), "times_s": [round(t, 3) for t in ts],
                    "discarded_s": [round(t, 3) for t in self.discarded.get(key, [])],
+                   "slow_launches": self.slow_launches.get(key, []),
                    "prompt_tokens": bench.prompt_len, "image_tokens": bench.n_image_tokens,
                    "new_tokens": self.args.new_tokens}
             if van:
@@ -690,6 +705,7 @@ def main(argv=None):
     torch.manual_seed(0)
 
     backends = [b for b in args.backends.split(",") if b]
+    os.makedirs(args.out, exist_ok=True)
     runner = Runner(args, device)
     if "triton" in backends and not triton_available(device):
         backends.remove("triton")

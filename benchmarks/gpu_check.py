@@ -242,7 +242,7 @@ def variants():
     for n, b, hq, hkv, pad in ((640, 1, 32, 32, False), (2900, 3, 32, 8, True), (700, 1, 28, 4, False)):
         out.append((b, hq, hkv, 1, n, 128, bf, "all", pad, dict(CONFIGS=wide)))
     for m, n, b, pad in ((640, 640, 1, False), (2900, 2900, 1, False), (1000, 1000, 3, True), (300, 2900, 1, False)):
-        for choice in (dict(VAR_FIXUP_PREFETCH=False), dict(VAR_FIXUP_LIST=True)):
+        for choice in (dict(VAR_FIXUP_LIST=False), dict(VAR_FIXUP_LIST=False, VAR_FIXUP_PREFETCH=False)):
             out.append((b, 32, 8, m, n, 128, bf, "var", pad, choice))
             out.append((b, 32, 8, m, n, 128, bf, "all", pad, choice))
     return out

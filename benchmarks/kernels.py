@@ -229,18 +229,18 @@ def _decode_config(**change):
     return cfgs
 
 
-# Alternatives to the current defaults, timed beside them: the listed VAR fix-up (a candidate, off by default), for
+# Alternatives to the current defaults, timed beside them: the scanning VAR fix-up (with and without its prefetch), for
 # the GQA shapes splitting rows from 128 keys and a higher split cap, each of the two class prefetches off, 64-key
 # blocks for long batch-1 splits, 128-key blocks for every split, and 64-key splits (more programs, fewer blocks
 # each). Phase "decode_gqa" runs the GQA_SHAPES at batch 1.
 SWEEP = [
-    # the prefill fix-up over the listed special blocks (pipelined), the candidate against the scanning one
-    (dict(VAR_FIXUP_LIST=True), "prefill", (640, 2900, 8192), (1,), ("var", "var_worst", "all")),
+    # the scanning prefill fix-up, against the listed one (pipelined; the default since the 2026-11-29 07:59 sweep)
+    (dict(VAR_FIXUP_LIST=False), "prefill", (640, 2900, 8192), (1,), ("var", "var_worst", "all")),
     # rows under 256 keys are not split: 4 programs for Qwen2-VL-7B at batch 1 (its prompts are ~210 keys)
     (dict(DECODE_SPLIT=dict(ta.DECODE_SPLIT, min_keys=128)), "decode_gqa", (), (1,), ("none", "var", "var_step")),
     (dict(DECODE_SPLIT=dict(ta.DECODE_SPLIT, max_splits=32)), "decode_gqa", (), (1,), ("none", "var", "var_step")),
     (dict(DECODE_PREFETCH_CLS=False), "decode", (640, 2900, 8192), (1, 8), ("var", "var_step", "all")),
-    (dict(VAR_FIXUP_PREFETCH=False), "prefill", (640, 2900, 8192), (1,), ("var", "all")),
+    (dict(VAR_FIXUP_LIST=False, VAR_FIXUP_PREFETCH=False), "prefill", (640, 2900, 8192), (1,), ("var", "all")),
     (dict(DECODE_SPLIT=dict(ta.DECODE_SPLIT, long_keys=None)), "decode", (8192,), (1,), ("none", "var", "var_step")),
     (dict(CONFIGS=_decode_config(BLOCK_N=128, num_stages=2)), "decode", (640, 2900), (1,),
      ("none", "var", "var_step")),

@@ -146,22 +146,26 @@ def kernel_stub(fn=None):
 
 
 @contextlib.contextmanager
-def triton_host_only():
-    """Triton's launches become no-ops that still compute the direct-launch key (see ``triton_host_stub``)."""
-    from vlmfix.kernels import _launch
+def launches_replaced(make):
+    """The Triton wrapper's two launches (``DirectLaunch`` objects) replaced by ``make(direct_launch)``."""
     from vlmfix.kernels import triton_attention as ta
 
-    def launch(grid, args, constexprs, options):
-        _launch.specialisation(args)
-        return None
-
     saved = ta._decode_launch, ta._fwd_launch
-    ta._decode_launch = ta._fwd_launch = launch
+    ta._decode_launch, ta._fwd_launch = make(saved[0]), make(saved[1])
     try:
-        with kernel_stub(triton_host_stub):
-            yield
+        yield
     finally:
         ta._decode_launch, ta._fwd_launch = saved
+
+
+@contextlib.contextmanager
+def triton_host_only():
+    """Triton's launches become no-ops that still compute the direct-launch key (see ``triton_host_stub``)."""
+    def keyed(direct):
+        return lambda grid, args, constexprs, options: direct.key(args, constexprs, options)
+
+    with launches_replaced(keyed), kernel_stub(triton_host_stub):
+        yield
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -400,6 +404,25 @@ def micro_gpu(device, hidden_size=4096, heads=32, kv_len=704, batch=1, n=2000):
         "sink_test_write": lambda: writer(h, out=buf[:, kv_len - 1:kv_len]),
         "classes_or_bits": lambda: classes | buf[:, :kv_len],
     }
+    # the compiled decode kernel's launcher alone, given tensors (Triton's C launcher then calls each one's data_ptr
+    # and has the driver check the address) or the addresses themselves (what DirectLaunch passes)
+    seen = []
+
+    def recording(direct):
+        def launch(*call):
+            seen.append((direct, call))
+            return direct(*call)
+        return launch
+
+    with launches_replaced(recording):
+        pieces["triton_var"]()
+        pieces["triton_var"]()
+    direct, (grid, args, constexprs, options) = seen[-1]
+    key, ptrs = direct.key(args, constexprs, options)
+    compiled, consts = direct._plans[key]
+    rest = args[len(ptrs):]
+    pieces["launcher_tensor_args"] = lambda: compiled[grid](*args, *consts)
+    pieces["launcher_address_args"] = lambda: compiled[grid](*ptrs, *rest, *consts)
     out = {}
     for name, fn in pieces.items():
         out[name] = best_us_per_call(fn, n)
@@ -422,12 +445,12 @@ def micro_gpu(device, hidden_size=4096, heads=32, kv_len=704, batch=1, n=2000):
     return out
 
 
-def build_7b(device, batch):
-    """The 7B LLaVA of ``generate.py`` (random bf16 weights on the device) with its calibrated VAR tau."""
+def build_7b(device, batch, family="llava"):
+    """A 7B model of ``generate.py`` (random bf16 weights on the device) with its calibrated VAR tau."""
     sys.path.insert(0, os.path.dirname(__file__))
     import generate
 
-    bench = generate.build_llava(device, torch.bfloat16, False, 64)
+    bench = generate.BUILDERS[family](device, torch.bfloat16, False, 64)
     tau = generate.calibrate_tau(bench, 8.0)
     return bench.model, bench.make_inputs(batch), bench.sink_dims, tau
 
@@ -445,9 +468,9 @@ def main(argv=None):
     ap.add_argument("--profile", default=None, nargs="?", const="all+stub", metavar="CONFIG",
                     help="cProfile the decode loop of CONFIG (default all+stub)")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--model", default="tiny", choices=("tiny", "tiny-qwen2_vl", "llava7b"),
+    ap.add_argument("--model", default="tiny", choices=("tiny", "tiny-qwen2_vl", "llava7b", "qwen2_vl7b"),
                     help="tiny: LLaVA; tiny-qwen2_vl: the same depth and width in the Qwen2-VL family; "
-                         "llava7b: generate.py's LLaVA-1.5-7B shape with random bf16 weights (needs a GPU)")
+                         "llava7b / qwen2_vl7b: generate.py's 7B shapes with random bf16 weights (need a GPU)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backend", default="torch", choices=("torch", "triton"))
     ap.add_argument("--batch", type=int, default=1)
@@ -461,8 +484,8 @@ def main(argv=None):
         SYNC = lambda: torch.cuda.synchronize(device)  # noqa: E731
     else:
         torch.set_num_threads(args.threads)
-    if args.model == "llava7b":
-        model, inputs, dims, tau = build_7b(device, args.batch)
+    if args.model in ("llava7b", "qwen2_vl7b"):
+        model, inputs, dims, tau = build_7b(device, args.batch, args.model[:-2])
         n, width = model.config.text_config.num_hidden_layers, model.config.text_config.hidden_size
     else:
         model, inputs = (build_qwen if args.model == "tiny-qwen2_vl" else build)(args.layers, args.hidden, args.heads)

@@ -56,11 +56,19 @@ def test_repeat_signatures_launch_directly_with_constexprs_in_parameter_order():
     launch((2, 1, 1), (x, 32, 0.5), {"FLAG": True, "BLOCK": 16}, {"num_warps": 4})
     launch((3, 1, 1), (x, 48, 0.25), {"FLAG": True, "BLOCK": 16}, {"num_warps": 4})  # 48: also a multiple of 16
     assert [e[0] for e in fn.log] == ["triton", "direct"]
-    assert fn.log[1] == ("direct", (3, 1, 1), (x, 48, 0.25, 16, True))
+    # the leading tensors reach the compiled launcher as addresses (no data_ptr call and driver check per pointer)
+    assert fn.log[1] == ("direct", (3, 1, 1), (x.data_ptr(), 48, 0.25, 16, True))
 
 
-@pytest.mark.parametrize("change", ["int_not_multiple_of_16", "int_one", "misaligned", "dtype", "constexpr",
-                                    "option"])
+class _OnAnotherDevice(torch.Tensor):
+    """A tensor that reports another device: the key must tell it apart, since its address is not checked."""
+
+    def get_device(self):
+        return 1
+
+
+@pytest.mark.parametrize("change", ["int_not_multiple_of_16", "int_one", "misaligned", "dtype", "device",
+                                    "constexpr", "option"])
 def test_anything_triton_specialises_on_selects_its_own_compiled_kernel(change):
     fn = FakeJit()
     launch = DirectLaunch(fn, enabled=True)
@@ -75,12 +83,25 @@ def test_anything_triton_specialises_on_selects_its_own_compiled_kernel(change):
         args = (x[1:], 32, 0.5)
     elif change == "dtype":
         args = (x.double(), 32, 0.5)
+    elif change == "device":
+        args = (x.as_subclass(_OnAnotherDevice), 32, 0.5)
     elif change == "constexpr":
         consts = {"BLOCK": 32, "FLAG": True}
     else:
         opts = {"num_warps": 8}
     launch((1, 1, 1), args, consts, opts)
     assert [e[0] for e in fn.log] == ["triton", "triton"]
+
+
+def test_a_non_tensor_where_the_first_call_had_a_tensor_takes_tritons_path_uncached():
+    fn = FakeJit()
+    launch = DirectLaunch(fn, enabled=True)
+    x = torch.zeros(64)
+    launch((1, 1, 1), (x, 32, 0.5), {"BLOCK": 16, "FLAG": False}, {})
+    for _ in range(2):
+        launch((1, 1, 1), (None, 32, 0.5), {"BLOCK": 16, "FLAG": False}, {})
+    launch((1, 1, 1), (x, 32, 0.5), {"BLOCK": 16, "FLAG": False}, {})
+    assert [e[0] for e in fn.log] == ["triton", "triton", "triton", "direct"]
 
 
 def test_a_failing_direct_launch_falls_back_to_triton_for_good():

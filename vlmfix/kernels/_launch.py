@@ -9,6 +9,12 @@ with a new key goes through Triton (which compiles or finds the kernel, launches
 the same key launch the compiled kernel directly through ``CompiledKernel[grid]``, Triton's own launcher for a
 compiled kernel (launch hooks included).
 
+The leading tensor arguments (the kernels declare their pointers first) reach the compiled launcher as addresses:
+given a tensor, Triton's C launcher calls its ``data_ptr`` method and asks the driver to validate the address
+(``cuPointerGetAttribute``), one driver call per pointer, about twenty per launch here. The key records each of these
+tensors' device instead, so a tensor on another device (or on the CPU) selects another entry and goes through
+Triton's own path, which checks it as before.
+
 If a direct launch raises, the kernel goes back to Triton's own path for good. Under ``TRITON_INTERPRET=1`` there is
 no compiled kernel: every call takes Triton's path.
 
@@ -45,6 +51,7 @@ class DirectLaunch:
         self.error = None  # why the direct path was given up, if it was
         self.compile_only = False
         self._plans: dict = {}
+        self._n_lead = None  # how many leading arguments are tensors (counted at the first call)
         self.n_runtime, self.constexpr_names = None, ()
         if enabled:  # (the interpreter's functions carry no parameter list)
             params = fn.params
@@ -52,6 +59,18 @@ class DirectLaunch:
             self.constexpr_names = tuple(p.name for p in params if p.is_constexpr)
             if any(p.is_constexpr for p in params[:self.n_runtime]):
                 raise TypeError(f"{fn.__name__}: constexpr parameters must come after the runtime ones")
+
+    def key(self, args: tuple, constexprs: dict, options: dict) -> tuple[tuple, list]:
+        """(the cache key of a call, the addresses of its leading tensors); AttributeError where a leading argument
+        is not a tensor."""
+        if self._n_lead is None:
+            self._n_lead = next((i for i, a in enumerate(args) if not isinstance(a, _Tensor)), len(args))
+        lead = args[:self._n_lead]
+        ptrs = [a.data_ptr() for a in lead]
+        # (compiled kernels are loaded per GPU: a tensor's device is part of the key)
+        return ((tuple([(a.dtype, a.get_device(), p & 15 == 0) for a, p in zip(lead, ptrs)]),
+                 specialisation(args[self._n_lead:]), tuple(constexprs.values()), tuple(constexprs),
+                 tuple(options.items())), ptrs)
 
     def __call__(self, grid, args: tuple, constexprs: dict, options: dict):
         if self.compile_only:
@@ -62,10 +81,10 @@ class DirectLaunch:
             raise TypeError(f"{self.fn.__name__} takes {self.n_runtime} runtime arguments, got {len(args)}")
         if len(grid) != 3:
             raise ValueError(f"grid must have three entries, got {grid}")
-        # compiled kernels are loaded per GPU: the first argument's device is the one launched on (the caller makes
-        # it the current device)
-        key = (args[0].get_device(), tuple(constexprs.values()), tuple(constexprs), tuple(options.items()),
-               specialisation(args))
+        try:
+            key, ptrs = self.key(args, constexprs, options)
+        except AttributeError:  # not a tensor where the first call had one: Triton's path, uncached
+            return self.fn[grid](*args, **constexprs, **options)
         plan = self._plans.get(key)
         if plan is None:
             compiled = self.fn[grid](*args, **constexprs, **options)
@@ -73,7 +92,7 @@ class DirectLaunch:
             return compiled
         compiled, consts = plan
         try:
-            compiled[grid](*args, *consts)
+            compiled[grid](*ptrs, *args[len(ptrs):], *consts)
         except Exception as exc:  # an unexpected launcher of this Triton version: Triton's own path from now on
             self.enabled = False
             self.error = f"{type(exc).__name__}: {exc}"
