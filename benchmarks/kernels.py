@@ -222,18 +222,24 @@ def _tag(rec, config):
     return rec
 
 
-def _decode_config(**change):
-    """The launch configurations with the bf16 decode entry changed (a ``CONFIGS`` override replaces all of them)."""
+def _config_with(kernel="decode", **change):
+    """The launch configurations with one bf16 entry changed (a ``CONFIGS`` override replaces all of them)."""
     cfgs = {k: dict(v) for k, v in ta.CONFIGS.items()}
-    cfgs[("decode", "half")].update(change)
+    cfgs[(kernel, "half")].update(change)
     return cfgs
 
 
-# Alternatives to the current defaults, timed beside them: the scanning VAR fix-up (with and without its prefetch), for
+# Alternatives to the current defaults, timed beside them: 64-row prefill tiles (the VAR tile of the last query rows is
+# the critical path of a short VAR prefill), the scanning VAR fix-up (with and without its prefetch), for
 # the GQA shapes splitting rows from 128 keys and a higher split cap, each of the two class prefetches off, 64-key
 # blocks for long batch-1 splits, 128-key blocks for every split, and 64-key splits (more programs, fewer blocks
 # each). Phase "decode_gqa" runs the GQA_SHAPES at batch 1.
 SWEEP = [
+    # 64-row query tiles, 4 or 8 warps: twice the programs, each VAR tile half the rows (prefill VAR at 640 keys is
+    # the one prefill bar missed; a size-dependent configuration would follow if it wins there and loses elsewhere)
+    (dict(CONFIGS=_config_with("fwd", BLOCK_M=64, num_warps=4)), "prefill", (640, 2900, 8192), (1,),
+     ("none", "var", "all")),
+    (dict(CONFIGS=_config_with("fwd", BLOCK_M=64, num_warps=8)), "prefill", (640, 2900), (1,), ("none", "var")),
     # the scanning prefill fix-up, against the listed one (pipelined; the default since the 2026-11-29 07:59 sweep)
     (dict(VAR_FIXUP_LIST=False), "prefill", (640, 2900, 8192), (1,), ("var", "var_worst", "all")),
     # rows under 256 keys are not split: 4 programs for Qwen2-VL-7B at batch 1 (its prompts are ~210 keys)
@@ -242,7 +248,7 @@ SWEEP = [
     (dict(DECODE_PREFETCH_CLS=False), "decode", (640, 2900, 8192), (1, 8), ("var", "var_step", "all")),
     (dict(VAR_FIXUP_LIST=False, VAR_FIXUP_PREFETCH=False), "prefill", (640, 2900, 8192), (1,), ("var", "all")),
     (dict(DECODE_SPLIT=dict(ta.DECODE_SPLIT, long_keys=None)), "decode", (8192,), (1,), ("none", "var", "var_step")),
-    (dict(CONFIGS=_decode_config(BLOCK_N=128, num_stages=2)), "decode", (640, 2900), (1,),
+    (dict(CONFIGS=_config_with(BLOCK_N=128, num_stages=2)), "decode", (640, 2900), (1,),
      ("none", "var", "var_step")),
     (dict(DECODE_SPLIT=dict(ta.DECODE_SPLIT, keys_per_split=64, waves=4)), "decode", (640, 2900), (1,),
      ("none", "var", "var_step")),
