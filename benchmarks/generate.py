@@ -156,7 +156,7 @@ def direct_launch_plans() -> int:
         from vlmfix.kernels import triton_attention as ta
     except Exception:  # no Triton here
         return 0
-    return len(ta._decode_launch._plans) + len(ta._fwd_launch._plans)
+    return sum(len(launch._plans) for launch in ta.direct_launches().values())
 
 
 def build_llava(device, dtype, quick, text_tokens):

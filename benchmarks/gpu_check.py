@@ -326,9 +326,9 @@ def main():
         del q, k, v, mask, p, out, st, ref, rst
         if dev == "cuda":
             torch.cuda.empty_cache()
-    lines.append(f"# {len(lines) - 2} cases, {failed} failed; direct launch still on after them: decode "
-                 f"{ta._decode_launch.enabled} ({ta._decode_launch.error}), forward {ta._fwd_launch.enabled} "
-                 f"({ta._fwd_launch.error})" + (f"; selected kinds: {sorted(kinds)}" if kinds else ""))
+    status = ", ".join(f"{name} {launch.enabled} ({launch.error})" for name, launch in ta.direct_launches().items())
+    lines.append(f"# {len(lines) - 2} cases, {failed} failed; direct launch still on after them: {status}"
+                 + (f"; selected kinds: {sorted(kinds)}" if kinds else ""))
     print(lines[-1])
     with open(os.path.join(args.out, "gpu_check.txt"), "w") as fh:
         fh.write("\n".join(lines) + "\n")

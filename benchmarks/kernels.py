@@ -364,7 +364,7 @@ def main():
 
     def save():
         meta["direct_launch"] = {name: dict(enabled=launch.enabled, error=launch.error)
-                                 for name, launch in (("decode", ta._decode_launch), ("forward", ta._fwd_launch))}
+                                 for name, launch in ta.direct_launches().items()}
         if args.sweep_only:
             dump("kernels_h200_sweep.json", dict(meta=meta, records=records))
             return

@@ -153,7 +153,7 @@ def test_compile_only_compiles_what_a_launch_would_and_launches_nothing():
 def test_the_wrappers_compile_only_mode_is_scoped():
     from vlmfix.kernels import triton_attention as ta
 
-    launches = (ta._decode_launch, ta._fwd_launch)
+    launches = (ta._decode_launch, ta._fwd_launch, ta._combine_launch, ta._last_row_launch)
     assert not any(launch.compile_only for launch in launches)
     with pytest.raises(RuntimeError, match="inside"):
         with ta.compile_only():
@@ -235,3 +235,45 @@ def test_a_generate_reuses_each_compiled_decode_kernel(monkeypatch, method):
     n_variants = len(set(variants))
     assert jit.compiled <= 2 * n_variants <= 32, (jit.compiled, n_variants)
     assert calls >= 5 * jit.compiled, (calls, jit.compiled)
+
+
+def test_every_launch_of_the_wrapper_matches_its_kernels_signature(monkeypatch):
+    """Each of the wrapper's four launches, made as on a GPU (direct launches of stand-in kernels that carry the real
+    kernels' parameter lists): as many runtime arguments as the kernel declares, exactly its constexprs, and the
+    leading tensors as addresses. Under the interpreter these launches take Triton's path, which would not notice."""
+    from vlmfix.kernels import reference
+    from vlmfix.kernels import triton_attention as ta
+    from vlmfix.kernels._tri_decode import combine_kernel, decode_kernel, last_row_kernel
+    from vlmfix.kernels._tri_fwd import fwd_kernel
+
+    jits = {}
+    for name, kernel in (("_decode_launch", decode_kernel), ("_fwd_launch", fwd_kernel),
+                         ("_combine_launch", combine_kernel), ("_last_row_launch", last_row_kernel)):
+        jit = FakeJit()
+        jit.params = _params_from_signature(kernel)
+        jits[name] = jit
+        launch = DirectLaunch(jit, enabled=True)
+
+        def checked(grid, args, constexprs, options, launch=launch, jit=jit):
+            names = {p.name for p in jit.params if p.is_constexpr}
+            assert set(constexprs) == names, (jit.params, set(constexprs) ^ names)
+            return launch(grid, args, constexprs, options)
+        monkeypatch.setattr(ta, name, checked)
+    monkeypatch.setattr(ta, "FUSED_COMBINE", False)  # the separate merge launch
+    gen = torch.Generator().manual_seed(3)
+    n = 200
+    q1 = torch.randn(2, 8, 1, 64, generator=gen)
+    q = torch.randn(2, 8, 6, 64, generator=gen)
+    k, v = torch.randn(2, 4, n, 64, generator=gen), torch.randn(2, 4, n, 64, generator=gen)
+    cls = torch.zeros(2, n, dtype=torch.int32)
+    params = reference.ReweightParams(key_class=cls, var_p=torch.full((2, 8), 0.5), head_scale=torch.ones(2, 8))
+    for _ in range(2):  # the second round launches directly
+        ta.attention(q1, k, v, scale=0.125, params=params, want=("last_row_probs",))
+        ta.attention(q, k, v, scale=0.125, params=params, want=("last_row_probs",))
+    for name, jit in jits.items():
+        kinds = [e[0] for e in jit.log]
+        assert "triton" in kinds and "direct" in kinds, (name, kinds)
+        for entry in jit.log:
+            if entry[0] == "direct":
+                lead = [a for a in entry[2] if isinstance(a, torch.Tensor)]
+                assert not lead, (name, "tensors reached the compiled launcher")

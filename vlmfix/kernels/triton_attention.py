@@ -67,9 +67,14 @@ else:
     DECODE_SPLIT = dict(min_keys=256, keys_per_split=128, waves=2, busy_keys_per_split=1024, busy_waves=4,
                         long_keys=768, busy_long_keys=None, max_splits=16)
 
-# The two per-layer kernels launch without Triton's per-call binding once a call signature was seen (``_launch.py``).
+# The kernels launch without Triton's per-call binding once a call signature was seen (``_launch.py``): the two
+# per-layer ones, and the statistics and separate-merge launches (recorded attention maps ask for the last row's
+# probabilities at every step).
 _decode_launch = DirectLaunch(decode_kernel, enabled=not INTERPRET)
 _fwd_launch = DirectLaunch(fwd_kernel, enabled=not INTERPRET)
+_combine_launch = DirectLaunch(combine_kernel, enabled=not INTERPRET)
+_last_row_launch = DirectLaunch(last_row_kernel, enabled=not INTERPRET)
+_FOUR_WARPS = {"num_warps": 4}
 _OPTIONS = ("num_warps", "num_stages")
 
 
@@ -136,11 +141,16 @@ def launch_choices(**overrides):
         _split_cache.clear()
 
 
+def direct_launches() -> dict:
+    """The kernels' launchers by name (``DirectLaunch``: whether each still launches directly, and why not)."""
+    return {"decode": _decode_launch, "forward": _fwd_launch, "combine": _combine_launch, "last_row": _last_row_launch}
+
+
 @contextlib.contextmanager
 def compile_only():
-    """Inside: a call compiles the fused forward or decode kernel it would launch and launches neither, so their
-    outputs are not written (the small statistics and separate-combine launches still run). For compiling ahead."""
-    launches = (_decode_launch, _fwd_launch)
+    """Inside: a call compiles every kernel it would launch and launches none, so nothing it returns is written.
+    For compiling ahead."""
+    launches = tuple(direct_launches().values())
     saved = [launch.compile_only for launch in launches]
     for launch in launches:
         launch.compile_only = not INTERPRET  # the interpreter has nothing to compile
@@ -414,12 +424,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
                  **common, **blocks),
             options)
         if splits > 1 and not fused:
-            combine_kernel[(bsz * hq,)](
-                out, ptrs[1], ptrs[4], ptrs[5], ptrs[6], ptrs[7], ws_o, ws_s, ws_m,
-                m * hq * d, d, *cs, *vps, *hss, rho, min_mass, n, hq, group,
-                HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=block_m, SPLITS=splits,
-                PARTS=parts, HAS_HS=hs is not None,
-                WANT_LSE=want_lse, WANT_MASS=want_mass, num_warps=4)
+            _combine_launch(
+                (bsz * hq, 1, 1),
+                (out, ptrs[1], ptrs[4], ptrs[5], ptrs[6], ptrs[7], ws_o, ws_s, ws_m,
+                 m * hq * d, d, *cs, *vps, *hss, rho, min_mass, n, hq, group),
+                dict(HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=block_m, SPLITS=splits, PARTS=parts, HAS_HS=hs is not None,
+                     WANT_LSE=want_lse, WANT_MASS=want_mass),
+                _FOUR_WARPS)
     else:
         blocks, options = _split_cfg(CONFIGS[("fwd", kind)])
         block_m = blocks["BLOCK_M"]
@@ -456,12 +467,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
         if want_lrp:
             lrp = _empty((bsz, hq, n), dtype=torch.float32, device=dev)
             lcfg = CONFIGS[("decode", kind)]
-            last_row_kernel[(triton.cdiv(n, lcfg["BLOCK_N"]), bsz * hq)](
-                q, k, *ptrs[:5], lse, mass if mass is not None else dummy, lrp,
-                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                ms[0], ms[1], ms[2], ms[3], *cs, *lbs, *ams, *vps, qk_scale, rho, min_mass, m, n, hq, group,
-                HEAD_DIM=d, BLOCK_D=block_d, BLOCK_N=lcfg["BLOCK_N"], HAS_MASK=mask is not None,
-                LOAD_CLS=cls is not None, HAS_BIAS=lb is not None, HAS_AMP=amp is not None,
-                HAS_VAR=var_p is not None, num_warps=4)
+            _last_row_launch(
+                (triton.cdiv(n, lcfg["BLOCK_N"]), bsz * hq, 1),
+                (q, k, *ptrs[:5], lse, mass if mass is not None else dummy, lrp,
+                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                 ms[0], ms[1], ms[2], ms[3], *cs, *lbs, *ams, *vps, qk_scale, rho, min_mass, m, n, hq, group),
+                dict(HEAD_DIM=d, BLOCK_D=block_d, BLOCK_N=lcfg["BLOCK_N"], HAS_MASK=mask is not None,
+                     LOAD_CLS=cls is not None, HAS_BIAS=lb is not None, HAS_AMP=amp is not None,
+                     HAS_VAR=var_p is not None),
+                _FOUR_WARPS)
             stats["last_row_probs"] = lrp
     return out, stats
