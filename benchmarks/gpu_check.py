@@ -241,6 +241,11 @@ def variants():
     wide[("decode", "half")].update(BLOCK_N=128, num_stages=2)
     for n, b, hq, hkv, pad in ((640, 1, 32, 32, False), (2900, 3, 32, 8, True), (700, 1, 28, 4, False)):
         out.append((b, hq, hkv, 1, n, 128, bf, "all", pad, dict(CONFIGS=wide)))
+    # each prefill tile size on the other side of its size rule (FWD_SHORT_WAVES)
+    for m, n, waves in ((640, 640, 0), (1000, 1000, 0), (2900, 2900, 1 << 20), (300, 8192, 1 << 20)):
+        for method in ("var", "all"):
+            out.append((1, 32, 8, m, n, 128, bf, method, False, dict(FWD_SHORT_WAVES=waves)))
+    out.append((3, 32, 8, 1000, 1000, 128, bf, "all", True, dict(FWD_SHORT_WAVES=1 << 20)))
     for m, n, b, pad in ((640, 640, 1, False), (2900, 2900, 1, False), (1000, 1000, 3, True), (300, 2900, 1, False)):
         for choice in (dict(VAR_FIXUP_LIST=False), dict(VAR_FIXUP_LIST=False, VAR_FIXUP_PREFETCH=False)):
             out.append((b, 32, 8, m, n, 128, bf, "var", pad, choice))

@@ -218,28 +218,36 @@ def _fmt(r):
 
 def _tag(rec, config):
     for r in rec:
-        r["phase"], r["config"] = "sweep-" + r["phase"], config
+        r["phase"], r["config"] = "sweep-" + r["phase"], _jsonable(config)
     return rec
+
+
+def _jsonable(value):
+    """Launch choices as JSON: CONFIGS' (kernel, kind) keys become "kernel/kind"."""
+    if isinstance(value, dict):
+        return {"/".join(k) if isinstance(k, tuple) else k: _jsonable(v) for k, v in value.items()}
+    return value
 
 
 def _config_with(kernel="decode", **change):
     """The launch configurations with one bf16 entry changed (a ``CONFIGS`` override replaces all of them)."""
     cfgs = {k: dict(v) for k, v in ta.CONFIGS.items()}
-    cfgs[(kernel, "half")].update(change)
+    if (kernel, "half") in cfgs:  # the interpreter's configurations have no short forward entry
+        cfgs[(kernel, "half")].update(change)
     return cfgs
 
 
-# Alternatives to the current defaults, timed beside them: 64-row prefill tiles (the VAR tile of the last query rows is
-# the critical path of a short VAR prefill), the scanning VAR fix-up (with and without its prefetch), for
+# Alternatives to the current defaults, timed beside them: the other prefill tile size on each side of the size rule
+# (FWD_SHORT_WAVES), the scanning VAR fix-up (with and without its prefetch), for
 # the GQA shapes splitting rows from 128 keys and a higher split cap, each of the two class prefetches off, 64-key
 # blocks for long batch-1 splits, 128-key blocks for every split, and 64-key splits (more programs, fewer blocks
 # each). Phase "decode_gqa" runs the GQA_SHAPES at batch 1.
 SWEEP = [
-    # 64-row query tiles, 4 or 8 warps: twice the programs, each VAR tile half the rows (prefill VAR at 640 keys is
-    # the one prefill bar missed; a size-dependent configuration would follow if it wins there and loses elsewhere)
-    (dict(CONFIGS=_config_with("fwd", BLOCK_M=64, num_warps=4)), "prefill", (640, 2900, 8192), (1,),
-     ("none", "var", "all")),
-    (dict(CONFIGS=_config_with("fwd", BLOCK_M=64, num_warps=8)), "prefill", (640, 2900), (1,), ("none", "var")),
+    # The size rule of the forward configuration (FWD_SHORT_WAVES): 128-row tiles where it picks 64, 64-row tiles
+    # where it picks 128, and the 64-row tile with 8 warps
+    (dict(FWD_SHORT_WAVES=0), "prefill", (640, 1024, 1536, 2048), (1,), ("none", "var", "all")),
+    (dict(FWD_SHORT_WAVES=1 << 20), "prefill", (1024, 1536, 2048, 2900, 8192), (1,), ("none", "var", "all")),
+    (dict(CONFIGS=_config_with("fwd_short", num_warps=8)), "prefill", (640,), (1,), ("none", "var")),
     # the scanning prefill fix-up, against the listed one (pipelined; the default since the 2026-11-29 07:59 sweep)
     (dict(VAR_FIXUP_LIST=False), "prefill", (640, 2900, 8192), (1,), ("var", "var_worst", "all")),
     # rows under 256 keys are not split: 4 programs for Qwen2-VL-7B at batch 1 (its prompts are ~210 keys)
@@ -298,7 +306,8 @@ def markdown(records, meta) -> str:
         if key in meta:
             out.append(f"| {key} | `{meta[key]}` |")
     out.append(f"| launch configs | `{meta['configs']}`; decode split `{meta['decode_split']}`; "
-               f"VAR_LAUNCH `{meta['var_launch']}`; FUSED_COMBINE `{meta['fused_combine']}` |")
+               f"VAR_LAUNCH `{meta['var_launch']}`; FUSED_COMBINE `{meta['fused_combine']}`; "
+               f"FWD_SHORT_WAVES `{meta.get('fwd_short_waves')}` |")
     out += ["", "Workload: bf16, 32 query heads = 32 kv heads, head_dim 128; causal prefill at batch 1, decode of one "
             "token against N cached keys at batch 1 and 8. Methods: see the docstring of `benchmarks/kernels.py` "
             "(`var_step` = VAR as a generation step runs it: SINK bits in their own buffer, the new token's sink "
@@ -349,7 +358,7 @@ def main():
                 torch=torch.__version__, triton=triton.__version__, gpu=torch.cuda.get_device_name(),
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), configs={str(k): v for k, v in
                                                                                  ta.CONFIGS.items()},
-                decode_split=dict(ta.DECODE_SPLIT), var_launch=ta.VAR_LAUNCH,
+                decode_split=dict(ta.DECODE_SPLIT), var_launch=ta.VAR_LAUNCH, fwd_short_waves=ta.FWD_SHORT_WAVES,
                 fused_combine=ta.FUSED_COMBINE)
     print(json.dumps(meta), flush=True)
     entries = SWEEP + (SWEEP_PAST if args.sweep_past else [])

@@ -282,6 +282,33 @@ def test_var_prefill_fixup_skips_plain_image_blocks(monkeypatch, fixup):
     torch.testing.assert_close(out, plain, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("waves,short", [(2, False), (4, True)])
+def test_short_forward_launches_take_their_own_configuration(monkeypatch, waves, short):
+    """A forward grid under ``FWD_SHORT_WAVES`` waves of the regular configuration launches the short one (here
+    twice the regular tile), and the result is the reference's either way: VAR, every effect, GQA."""
+    monkeypatch.setattr(ta, "_num_sms", lambda device: 4)
+    configs = {key: dict(cfg) for key, cfg in ta.CONFIGS.items()}
+    regular = configs[("fwd", "fp32")]
+    configs[("fwd_short", "fp32")] = dict(regular, BLOCK_M=2 * regular["BLOCK_M"], BLOCK_N=2 * regular["BLOCK_N"])
+    launched = []
+    real_launch = ta._fwd_launch
+
+    def spy(grid, args, constexprs, options):
+        launched.append((grid, constexprs["BLOCK_M"], constexprs["BLOCK_N"]))
+        return real_launch(grid, args, constexprs, options)
+
+    monkeypatch.setattr(ta, "_fwd_launch", spy)
+    gen = torch.Generator().manual_seed(23)
+    m = n = 37  # 3 regular tiles x 4 heads = 12 programs: under 4 waves of 4, not under 2
+    q, k, v, cls = inputs(1, 4, 2, m, n, 64, torch.float32, gen)
+    params = method_params("all", 1, 4, cls, gen, m, n, q, k, v, 0.125, None)
+    with ta.launch_choices(CONFIGS=configs, FWD_SHORT_WAVES=waves):
+        check(q, k, v, scale=0.125, params=params)
+    cfg = configs[("fwd_short" if short else "fwd", "fp32")]
+    assert launched and all(block_m == cfg["BLOCK_M"] and block_n == cfg["BLOCK_N"] and grid[0] == -(-m // block_m)
+                            for grid, block_m, block_n in launched), launched
+
+
 def test_mqa_and_per_head_mask():
     gen = torch.Generator().manual_seed(9)
     q, k, v, cls = inputs(1, 4, 1, 5, 40, 64, torch.float32, gen)

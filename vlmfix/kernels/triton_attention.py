@@ -51,6 +51,13 @@ if INTERPRET:
 else:
     CONFIGS = {
         ("fwd", "half"): dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+        # Launches of under FWD_SHORT_WAVES waves of 128-row programs (at batch 1 and 32 heads, prompts of up to 2048
+        # tokens): the causal grid's longest tiles, and with VAR the tile of the text rows after the image (every
+        # key, then the fix-up), are then the critical path, and 64-row tiles halve them. Timed side by side on an
+        # H200 (2026-11-29 09:19, docs/kernels.md): VAR GPU time at N = 640 44.6 -> 35.6 us; timed ratios to SDPA
+        # at 1024 / 1536 / 2048, plain 0.78 / 0.69 / 0.70 -> 0.67 / 0.61 / 0.63, VAR 1.22 / 1.05 / 1.00 -> 1.00 /
+        # 0.81 / 0.80; at 2900 (5.6 waves) VAR 0.96 -> 1.03 and at 8192 0.79 -> 0.91, so larger grids keep 128 rows.
+        ("fwd_short", "half"): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
         ("fwd", "fp32"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
         ("decode", "half"): dict(BLOCK_N=64, num_warps=4, num_stages=3),
         ("decode", "fp32"): dict(BLOCK_N=32, num_warps=4, num_stages=2),
@@ -107,9 +114,12 @@ DECODE_PREFETCH_CLS = True
 VAR_FIXUP_LIST = True
 # The scanning fix-up (VAR_FIXUP_LIST False): next block's classes one iteration ahead, value load beside the key load.
 VAR_FIXUP_PREFETCH = True
+# A forward launch whose grid of ("fwd", kind) programs is under this many waves (one program per multiprocessor)
+# takes the ("fwd_short", kind) configuration where there is one (see CONFIGS).
+FWD_SHORT_WAVES = 4
 _SPLIT_KEYS = frozenset(("min_keys", "keys_per_split", "waves", "busy_keys_per_split", "busy_waves", "max_splits"))
 _LAUNCH_CHOICES = ("CONFIGS", "DECODE_SPLIT", "VAR_LAUNCH", "FUSED_COMBINE", "DECODE_PREFETCH_CLS",
-                   "VAR_FIXUP_PREFETCH", "VAR_FIXUP_LIST")
+                   "VAR_FIXUP_PREFETCH", "VAR_FIXUP_LIST", "FWD_SHORT_WAVES")
 
 
 @contextlib.contextmanager
@@ -225,6 +235,30 @@ def decode_plan(n: int, programs: int, kind: str, device: torch.device) -> tuple
             splits, chunk = decode_splits(n, programs, cfg["BLOCK_N"], device)
         hit = _split_cache[key] = (*_split_cfg(cfg), splits, chunk)
     return hit
+
+
+def fwd_plan(m: int, columns: int, group: int, kind: str, device: torch.device) -> tuple[dict, dict, int]:
+    """(constexpr block sizes, compile options, query heads packed per tile) of a forward launch of ``m`` query rows
+    in ``columns`` (batch x head groups) grid columns. The grid under the regular configuration decides: under
+    ``FWD_SHORT_WAVES`` waves, the short one (smaller tiles, more programs)."""
+    key = ("fwd", m, columns, group, kind, device)
+    hit = _split_cache.get(key)
+    if hit is None:
+        cfg = CONFIGS[("fwd", kind)]
+        short = CONFIGS.get(("fwd_short", kind))
+        if short is not None:
+            pack = _pack(m, group, cfg["BLOCK_M"])
+            programs = -(-m * pack // cfg["BLOCK_M"]) * (columns // pack)
+            if programs < FWD_SHORT_WAVES * _num_sms(device):
+                cfg = short
+        blocks, options = _split_cfg(cfg)
+        hit = _split_cache[key] = (blocks, options, _pack(m, group, blocks["BLOCK_M"]))
+    return hit
+
+
+def _pack(m: int, group: int, block_m: int) -> int:
+    """GQA: the query heads of one kv head share a tile when all their rows fit in one (short chunks, decode-like)."""
+    return group if m * group <= block_m else 1
 
 
 def _decode_splits(n: int, programs: int, block_n: int, device: torch.device) -> tuple[int, int]:
@@ -432,10 +466,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
                      WANT_LSE=want_lse, WANT_MASS=want_mass),
                 _FOUR_WARPS)
     else:
-        blocks, options = _split_cfg(CONFIGS[("fwd", kind)])
-        block_m = blocks["BLOCK_M"]
-        pack = group if m * group <= block_m else 1
-        grid = (triton.cdiv(m * pack, block_m), bsz * (hq // pack), 1)
+        blocks, options, pack = fwd_plan(m, bsz * hq, group, kind, dev)
+        grid = (triton.cdiv(m * pack, blocks["BLOCK_M"]), bsz * (hq // pack), 1)
         args = (q, k, v, out, *ptrs,
                 qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], m * hq * d, hq * d, d,
                 *ms, *cs, *lbs, *ams, *vps, *hss, qk_scale, rho, min_mass, m, n, hq, group, amp_start)
