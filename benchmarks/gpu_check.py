@@ -1,6 +1,7 @@
 """Correctness of the Triton backend at full sizes on a CUDA device, against an fp64 run of the reference.
 
     python benchmarks/gpu_check.py [--out DIR] [--quick] [--select decode|prefill|sinkbits|variant,...]
+                                   [--choices NAME,...]
 
 Prints one row per case (relative errors of the output and of every statistic) and writes the table to
 ``DIR/gpu_check.txt``. Exits non-zero if any case fails. The fp64 reference materialises the score matrix, so it is
@@ -283,6 +284,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--select", default=None, help="comma-separated case kinds: decode, prefill, sinkbits, variant")
+    ap.add_argument("--choices", default=None, metavar="NAMES",
+                    help="only cases overriding one of these launch choices (e.g. FUSED_COMBINE,FWD_SHORT_WAVES)")
     ap.add_argument("--no-compile-ahead", dest="compile_ahead", action="store_false",
                     help="compile each case's kernels when it runs, not all of them first in parallel")
     args = ap.parse_args()
@@ -299,8 +302,9 @@ def main():
     print(lines[0], flush=True)
     print(lines[1], flush=True)
     failed = 0
+    choices = set(args.choices.split(",")) if args.choices else None
     selected = [(i, c) for i, c in enumerate(cases(args.quick, args.tiny))
-                if kinds is None or case_kind(c) in kinds]
+                if (kinds is None or case_kind(c) in kinds) and (choices is None or choices & set(c[9]))]
     if dev == "cuda" and args.compile_ahead:
         secs = ta.compile_ahead([lambda i=i, c=c: run_case(i, c, dev) for i, c in selected])
         print(f"# compiled ahead in {secs:.0f} s", flush=True)
@@ -333,7 +337,8 @@ def main():
             torch.cuda.empty_cache()
     status = ", ".join(f"{name} {launch.enabled} ({launch.error})" for name, launch in ta.direct_launches().items())
     lines.append(f"# {len(lines) - 2} cases, {failed} failed; direct launch still on after them: {status}"
-                 + (f"; selected kinds: {sorted(kinds)}" if kinds else ""))
+                 + (f"; selected kinds: {sorted(kinds)}" if kinds else "")
+                 + (f"; choices: {sorted(choices)}" if choices else ""))
     print(lines[-1])
     with open(os.path.join(args.out, "gpu_check.txt"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
