@@ -176,9 +176,13 @@ CASES = [
     ("decode N=336 var_step, 28/4 heads", "decode", lambda: decode_call(336, "var_step", 28, 4, 3584), {}),
     ("decode N=2900 var_step, 28/4 heads (splits capped)", "decode",
      lambda: decode_call(2900, "var_step", 28, 4, 3584), {}),
-    ("prefill N=640 none", "fwd", lambda: prefill_call(640, "none"), {}),
-    ("prefill N=640 var (listed fix-up)", "fwd", lambda: prefill_call(640, "var"), {}),
-    ("prefill N=640 var, scanning fix-up", "fwd", lambda: prefill_call(640, "var"), dict(VAR_FIXUP_LIST=False)),
+    ("prefill N=640 none (64-row tiles)", "fwd", lambda: prefill_call(640, "none"), {}),
+    ("prefill N=640 var (64-row tiles, listed fix-up)", "fwd", lambda: prefill_call(640, "var"), {}),
+    ("prefill N=640 var, 64-row tiles, scanning fix-up", "fwd", lambda: prefill_call(640, "var"),
+     dict(VAR_FIXUP_LIST=False)),
+    ("prefill N=640 none, 128-row tiles", "fwd", lambda: prefill_call(640, "none"), dict(FWD_SHORT_WAVES=0)),
+    ("prefill N=640 var, 128-row tiles (listed fix-up)", "fwd", lambda: prefill_call(640, "var"),
+     dict(FWD_SHORT_WAVES=0)),
 ]
 
 

@@ -54,7 +54,7 @@ else:
         # Launches of under FWD_SHORT_WAVES waves of 128-row programs (at batch 1 and 32 heads, prompts of up to 2048
         # tokens): the causal grid's longest tiles, and with VAR the tile of the text rows after the image (every
         # key, then the fix-up), are then the critical path, and 64-row tiles halve them. Timed side by side on an
-        # H200 (2026-11-29 09:19, docs/kernels.md): VAR GPU time at N = 640 44.6 -> 35.6 us; timed ratios to SDPA
+        # H200 (2026-11-29 09:22, docs/kernels.md): VAR GPU time at N = 640 44.6 -> 35.6 us; timed ratios to SDPA
         # at 1024 / 1536 / 2048, plain 0.78 / 0.69 / 0.70 -> 0.67 / 0.61 / 0.63, VAR 1.22 / 1.05 / 1.00 -> 1.00 /
         # 0.81 / 0.80; at 2900 (5.6 waves) VAR 0.96 -> 1.03 and at 8192 0.79 -> 0.91, so larger grids keep 128 rows.
         ("fwd_short", "half"): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
