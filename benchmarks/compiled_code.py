@@ -41,6 +41,7 @@ from vlmfix.kernels import triton_attention as ta  # noqa: E402
 from vlmfix.kernels._tri_decode import decode_kernel  # noqa: E402
 from vlmfix.kernels._tri_fwd import fwd_kernel  # noqa: E402
 from vlmfix.kernels.classes import SINK, VISUAL  # noqa: E402
+from launch_swap import launches_replaced  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 H200_SMS = 132
@@ -53,15 +54,19 @@ POINTER = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp3
 def recorded_launches():
     """The wrapper's two launches record (grid, args, constexprs, options) instead of launching; an H200's SM count."""
     calls = {}
-    saved = ta._decode_launch, ta._fwd_launch, ta._num_sms
-    ta._decode_launch = lambda *call: calls.__setitem__("decode", call)
-    ta._fwd_launch = lambda *call: calls.__setitem__("fwd", call)
+
+    def recorder(direct):
+        name = "decode" if direct.fn is decode_kernel else "fwd"
+        return lambda *call: calls.__setitem__(name, call)
+
+    saved_sms = ta._num_sms
     ta._num_sms = lambda device: H200_SMS
     ta._split_cache.clear()
     try:
-        yield calls
+        with launches_replaced(recorder):
+            yield calls
     finally:
-        ta._decode_launch, ta._fwd_launch, ta._num_sms = saved
+        ta._num_sms = saved_sms
         ta._split_cache.clear()
 
 

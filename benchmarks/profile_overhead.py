@@ -51,6 +51,7 @@ import vlmfix  # noqa: E402
 from vlmfix.kernels import SINK  # noqa: E402
 from vlmfix.kernels import reference  # noqa: E402
 from vlmfix.patches import session as session_mod  # noqa: E402
+from launch_swap import launches_replaced  # noqa: E402
 
 VOCAB, IMAGE_ID = 512, 511
 
@@ -143,19 +144,6 @@ def kernel_stub(fn=None):
         yield
     finally:
         session_mod.kernel_attention = saved
-
-
-@contextlib.contextmanager
-def launches_replaced(make):
-    """The Triton wrapper's two launches (``DirectLaunch`` objects) replaced by ``make(direct_launch)``."""
-    from vlmfix.kernels import triton_attention as ta
-
-    saved = ta._decode_launch, ta._fwd_launch
-    ta._decode_launch, ta._fwd_launch = make(saved[0]), make(saved[1])
-    try:
-        yield
-    finally:
-        ta._decode_launch, ta._fwd_launch = saved
 
 
 @contextlib.contextmanager
