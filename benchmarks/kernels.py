@@ -248,6 +248,9 @@ SWEEP = [
     (dict(FWD_SHORT_WAVES=0), "prefill", (640, 1024, 1536, 2048), (1,), ("none", "var", "all")),
     (dict(FWD_SHORT_WAVES=1 << 20), "prefill", (1024, 1536, 2048, 2900, 8192), (1,), ("none", "var", "all")),
     (dict(CONFIGS=_config_with("fwd_short", num_warps=8)), "prefill", (640,), (1,), ("none", "var")),
+    # 2 stages: 81-83 KB of shared memory and <= 255 registers x 4 warps, so two 64-row programs fit on one sm_90
+    # multiprocessor (3 stages reserve 112 KB: one); untimed
+    (dict(CONFIGS=_config_with("fwd_short", num_stages=2)), "prefill", (640, 1024, 2048), (1,), ("none", "var", "all")),
     # the scanning prefill fix-up, against the listed one (pipelined; the default since the 2026-11-29 07:59 sweep)
     (dict(VAR_FIXUP_LIST=False), "prefill", (640, 2900, 8192), (1,), ("var", "var_worst", "all")),
     # rows under 256 keys are not split: 4 programs for Qwen2-VL-7B at batch 1 (its prompts are ~210 keys)
