@@ -93,7 +93,7 @@ def _split_cfg(cfg: dict) -> tuple[dict, dict]:
 # Every allocation goes through this name so tests can hand out NaN-filled buffers and catch unwritten elements.
 _empty = torch.empty
 _sm_count: dict = {}
-_split_cache: dict = {}  # cleared by whoever edits DECODE_SPLIT
+_split_cache: dict = {}  # decode and forward plans per shape; cleared by launch_choices or whoever edits the choices
 # How a prefill with VAR splits its tiles between launches (measured on an H200, docs/kernels.md):
 # "one":  a single launch, each tile on its own path (the default: with the one-pass VAR tile it was the fastest
 #         at every measured length);
