@@ -9,7 +9,9 @@ evaluated a few kv heads at a time.
 
 Each case runs three times: with statistics (column ``out`` and the statistics), then twice without (column
 ``nostat``: the larger error of the two). Generation calls the kernels without statistics, and the second of two
-calls with the same signature goes through the direct launch (``kernels/_launch.py``), so both paths are checked.
+calls with the same signature goes through the direct launch (``kernels/_launch.py``; a decode call replays the
+recipe its first call left, ``kernels/_recipes.py``), so both paths are checked. The second call runs on fresh copies
+of the inputs, the first call's poisoned: a launch that read a recorded address of the first call fails.
 ``sinkbits`` cases hand VAR's SINK bits over separately with the new key's test left to the decode kernel
 (``reference.SinkBits``); their row also checks the bit the kernel wrote (``bit`` column: ok / WRONG).
 
@@ -254,9 +256,33 @@ def variants():
     return out
 
 
+def fresh_inputs(q, k, v, mask, p):
+    """Copies of every input tensor, with the originals poisoned (NaN, all-False, all bits set): a launch that still
+    read an input of an earlier call, through a recorded address, gives a wrong result. The sink test's channel list
+    stays the same object (as a layer's sink test keeps it)."""
+    def swap(t):
+        if t is None:
+            return None
+        fresh = t.clone()
+        t.fill_(float("nan") if t.is_floating_point() else (False if t.dtype == torch.bool else -1))
+        return fresh
+
+    if p is not None:
+        fields = {f: getattr(p, f) for f in p.__dataclass_fields__}
+        for f in ("key_class", "log_bias", "amp", "var_p", "head_scale"):
+            fields[f] = swap(fields[f])
+        sb = p.sink_bits
+        if sb is not None:
+            fields["sink_bits"] = reference.SinkBits(swap(sb.bits), sb.first, swap(sb.hidden), sb.channels,
+                                                     sb.threshold, sb.eps_norm, sb.strict)
+        p = ReweightParams(**fields)
+    return swap(q), swap(k), swap(v), swap(mask), p
+
+
 def run_case(i, c, dev):
     """One case's inputs and its three calls of the wrapper: with statistics, then twice without (Triton's launch
-    path, then the direct one). Returns the inputs, the outputs and whether every kernel-written SINK bit was right."""
+    path; then, on fresh copies of the inputs, the direct one: a decode call replays its recipe). Returns the inputs
+    of the last call, the outputs and whether every kernel-written SINK bit was right."""
     b, hq, hkv, m, n, d, dtype, method, pad, overrides = c[:10]
     q, k, v, mask, p = make_case(b, hq, hkv, m, n, d, dtype, method, pad, seed=1000 + i, dev=dev)
     expect_bit = sink_bits_case(q, k, p, n, c[10], dev, 2000 + i) if len(c) > 10 else None
@@ -267,7 +293,9 @@ def run_case(i, c, dev):
     with ta.launch_choices(**overrides):
         out, st = ta.attention(q, k, v, scale=scale, mask=mask, params=p, want=want)
         nostat = []
-        for _ in range(2):
+        for call in range(2):
+            if call == 1:
+                q, k, v, mask, p = fresh_inputs(q, k, v, mask, p)
             if expect_bit is not None:
                 p.sink_bits.bits[:, 5 + n - 1] = -1  # the kernel must write it
             nostat.append(ta.attention(q, k, v, scale=scale, mask=mask, params=p)[0])

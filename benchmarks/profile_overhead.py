@@ -21,6 +21,8 @@ Configurations (all backend="torch", since the Triton wrapper cannot run here):
                          host when the GPU kernel is as cheap as SDPA's.
 * ``*+tstub``            decode steps also run the Triton wrapper's host path (everything but the launch itself) before
                          the SDPA stub: our Python plus the Triton backend's, on a CPU.
+* ``*+norecipe``         (Triton backend) every decode call derives its launch in full instead of replaying the recipe
+                         an earlier call of its signature left (``kernels/_recipes.py``).
 
 ``micro`` times the pieces one by one (per call, CPU time): VAR's decode-step sink test + write into the layer's
 SINK-bit buffer + contribution, with ``SinkBitWriter`` (the code) and with ``detect_sinks`` (the prefill's test, which
@@ -149,8 +151,23 @@ def kernel_stub(fn=None):
 @contextlib.contextmanager
 def triton_host_only():
     """Triton's launches become no-ops that still compute the direct-launch key (see ``triton_host_stub``)."""
+    class Keyed:
+        """A launcher that computes the direct-launch key and launches nothing; decode recipes get a runner that does
+        nothing either (what is skipped either way is the C launcher call itself)."""
+
+        enabled, compile_only = True, False
+
+        def __init__(self, direct):
+            self.direct = direct
+
+        def __call__(self, grid, args, constexprs, options):
+            return self.direct.key(args, constexprs, options)
+
+        def runner_for(self, grid, args, constexprs, options):
+            return (lambda *flat: None), tuple(constexprs.values())
+
     def keyed(direct):
-        return lambda grid, args, constexprs, options: direct.key(args, constexprs, options)
+        return Keyed(direct)
 
     with launches_replaced(keyed), kernel_stub(triton_host_stub):
         yield
@@ -181,6 +198,10 @@ def configured(model, cfg, sink_dims, tau):
             ctx.enter_context(kernel_stub())
         if "tstub" in mods:  # decode steps: the Triton wrapper's host path without its launches (CPU-measurable)
             ctx.enter_context(triton_host_only())
+        if "norecipe" in mods:  # every decode call derives its launch in full (no replay of a recorded one)
+            from vlmfix.kernels import triton_attention as ta
+
+            ctx.enter_context(ta.launch_choices(DECODE_RECIPES=False))
         if base != "vanilla":
             vlmfix.patch(model, *methods_for(base, sink_dims, tau), backend=BACKEND)
         try:

@@ -37,6 +37,7 @@ def poisoned(monkeypatch):
     monkeypatch.setattr(ta, "_workspace", {})
     monkeypatch.setattr(ta, "_split_cache", {})
     monkeypatch.setattr(ta, "_counters", {})
+    monkeypatch.setattr(ta, "_decode_recipes", {})
     yield
 
 
@@ -598,3 +599,231 @@ def test_sink_bits_too_short_for_the_keys_is_an_error_on_both_backends(backend, 
     with pytest.raises(ValueError, match="holds 41 columns; keys need columns up to 42"):
         fn(q, k, v, scale=0.125, params=params)
     assert int(bits.abs().sum()) == 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# decode recipes: a repeated decode signature replays its launch (``_recipes.py``)
+# ----------------------------------------------------------------------------------------------------------------------
+class RecordingLaunch:
+    """A decode launcher that records every call and, like ``DirectLaunch``, hands out a "compiled kernel" for a
+    signature it has launched: here a runner that records the addresses and the tail it is given."""
+
+    enabled, compile_only = True, False
+
+    def __init__(self):
+        self.log = []
+
+    def __call__(self, grid, args, constexprs, options):
+        self.log.append(("full", grid, args, constexprs, options))
+
+    def runner_for(self, grid, args, constexprs, options):
+        def runner(*flat):
+            self.log.append(("direct", grid, flat))
+        return runner, tuple(constexprs.values())  # (a compiled kernel takes them in parameter order)
+
+
+_CHANNELS = torch.tensor((3, 17))
+
+
+def _decode_case(name, gen, dtype=torch.float32):
+    """One decode call per kind of signature: (q, k, v, scale, mask, params), fresh tensors on every call."""
+    b, hq, hkv, n = (1, 4, 4, 23) if name == "short-mha" else (2, 8, 2, 70)
+    q, k, v, cls = inputs(b, hq, hkv, 1, n, 64, dtype, gen)
+    mask = None
+    if name == "padded":
+        mask = torch.ones(b, 1, 1, n, dtype=torch.bool)
+        mask[0, :, :, :5] = False
+    if name in ("plain", "short-mha"):
+        return q, k, v, 0.125, None, None
+    kind = {"padded": "all", "all": "all", "vhr": "head_scale", "dual": "amp"}.get(name, "var")
+    params = method_params(kind, b, hq, cls, gen, 1, n, q, k, v, 0.125, mask)
+    params.var_min_mass = 0.2  # (a constant of the method, as in a generate; method_params fits it to the data)
+    if name == "dual":
+        params.amp_start = n - 3
+    if name == "broadcast":  # tables shared by the batch rows (stride 0)
+        params.var_p = params.var_p[:1]
+    if name in ("var-bits", "var-test"):
+        _, _, _, plain, sb, _ = _sink_bits_case(gen, b, hq, hkv, 1, n, dtype, 3)
+        sb.channels = _CHANNELS  # one sink test's channel list, as a layer's writer keeps it
+        if name == "var-bits":
+            sb.hidden = None
+        params = ReweightParams(key_class=plain, var_p=params.var_p, var_rho=0.3, var_min_mass=0.05, sink_bits=sb)
+    return q, k, v, 0.125, mask, params
+
+
+CASES = ["plain", "short-mha", "padded", "all", "vhr", "dual", "var", "broadcast", "var-bits", "var-test"]
+
+
+def _launch_of(log_entry, out):
+    """A recorded launch with the output's address replaced by a marker: (grid, leading addresses, the rest)."""
+    kind, grid, *rest = log_entry
+    n_lead = len(reference_lead_roles())
+    if kind == "full":
+        args, constexprs, _ = rest
+        flat = [a.data_ptr() for a in args[:n_lead]] + list(args[n_lead:]) + list(constexprs.values())
+    else:
+        flat = list(rest[0])
+    out_addr = out.data_ptr()
+    return grid, ["OUT" if i < n_lead and a == out_addr else a for i, a in enumerate(flat)]
+
+
+def reference_lead_roles():
+    from vlmfix.kernels._recipes import NATURAL_SLOTS
+    return NATURAL_SLOTS
+
+
+@pytest.mark.parametrize("splits", ["one", "many"])
+def test_decode_replays_hand_the_launcher_exactly_the_full_paths_launch(monkeypatch, splits):
+    """A replayed decode call launches with what the full path would compute for the same call: the same grid, every
+    integer, float and constexpr, and each tensor argument's address taken from the right input. Every kind of
+    signature (plain, MHA, padding mask, every effect, broadcast tables, VAR with SINK bits with and without the
+    kernel's sink test) is first seen once, so a wrong match between signatures would replay another's launch."""
+    if splits == "one":
+        monkeypatch.setitem(ta.DECODE_SPLIT, "min_keys", 10 ** 9)
+    rec = RecordingLaunch()
+    monkeypatch.setattr(ta, "_decode_launch", rec)
+    gen = torch.Generator().manual_seed(41)
+    for name in CASES:  # first sight of each signature: the full path, which leaves a recipe
+        q, k, v, scale, mask, params = _decode_case(name, gen)
+        ta.attention(q, k, v, scale=scale, mask=mask, params=params)
+    assert [e[0] for e in rec.log] == ["full"] * len(CASES) and len(ta._decode_recipes) == len(CASES)
+    for name in CASES:
+        q, k, v, scale, mask, params = _decode_case(name, torch.Generator().manual_seed(7))
+        rec.log.clear()
+        out, _ = ta.attention(q, k, v, scale=scale, mask=mask, params=params)
+        monkeypatch.setattr(ta, "DECODE_RECIPES", False)  # (launch_choices would also drop the recipes)
+        full_out, _ = ta.attention(q, k, v, scale=scale, mask=mask, params=params)
+        monkeypatch.setattr(ta, "DECODE_RECIPES", True)
+        assert [e[0] for e in rec.log] == ["direct", "full"], name
+        assert _launch_of(rec.log[0], out) == _launch_of(rec.log[1], full_out), name
+        assert out.shape == full_out.shape and out.dtype == full_out.dtype
+
+
+def test_decode_replays_are_exact_and_leave_the_full_path_when_they_cannot_replay(monkeypatch):
+    """Through the interpreter (the launcher is Triton's own: a replay fills the recorded arguments with the call's
+    tensors): second and third calls of a signature, on other data, equal the fp64 reference, and the kernel's sink
+    test still writes its bit. A recipe holds none of its call's tensors (it would keep a decode step's cache alive).
+    A misaligned input, another dtype of one table, and compile-only mode take the full path."""
+    gen = torch.Generator().manual_seed(43)
+    for round_ in range(3):
+        q, k, v, scale, mask, params = _decode_case("var-test", gen)
+        sb = params.sink_bits
+        expect_bit = sb.bits.clone()
+        out, _ = ta.attention(q, k, v, scale=scale, mask=mask, params=params)
+        assert len(ta._decode_recipes) == 1
+        col = sb.first + k.shape[2] - 1
+        assert bool((sb.bits[:, col] == SINK)[0]) and not bool((sb.bits[:, col] == SINK)[1])
+        expect_bit[:, col] = sb.bits[:, col]
+        full = params.key_class | expect_bit[:, sb.first:sb.first + k.shape[2]]
+        ref, _ = reference.attention(q.double(), k.double(), v.double(), scale=scale, params=ReweightParams(
+            key_class=full, var_p=params.var_p, var_rho=params.var_rho, var_min_mass=params.var_min_mass))
+        assert rel(out, ref) <= TOL[q.dtype], round_
+    for name in ("all", "padded"):
+        for _ in range(2):
+            q, k, v, scale, mask, params = _decode_case(name, gen)
+            check(q, k, v, scale=scale, mask=mask, params=params, want=())
+    import gc
+    import weakref
+
+    ta._decode_recipes.clear()
+    q, k, v, scale, mask, params = _decode_case("var-test", gen)  # a recipe keeps none of its call's tensors
+    ta.attention(q, k, v, scale=scale, mask=mask, params=params)
+    assert len(ta._decode_recipes) == 1
+    held = [weakref.ref(t) for t in (q, k, v, params.key_class, params.var_p, params.sink_bits.hidden)]
+    del q, k, v, params
+    gc.collect()
+    assert [r() is None for r in held] == [True] * len(held)
+    rec = RecordingLaunch()
+    monkeypatch.setattr(ta, "_decode_launch", rec)
+    ta._decode_recipes.clear()
+    q, k, v, scale, mask, params = _decode_case("all", gen)
+    ta.attention(q, k, v, scale=scale, mask=mask, params=params)
+    shifted = torch.empty(q.numel() + 1)[1:].view(q.shape)  # same shape and strides, 4 bytes off alignment
+    shifted.copy_(q)
+    ta.attention(shifted, k, v, scale=scale, mask=mask, params=params)
+    params.log_bias = params.log_bias.double()  # converted by the full path: no replay, no recipe
+    ta.attention(q, k, v, scale=scale, mask=mask, params=params)
+    ta.attention(q, k, v, scale=scale, mask=mask, params=params)
+    params.log_bias = params.log_bias.float()
+    rec.compile_only = True
+    ta.attention(q, k, v, scale=scale, mask=mask, params=params)
+    rec.compile_only = False
+    ta.attention(q, k, v, scale=scale, mask=mask, params=params)
+    assert [e[0] for e in rec.log] == ["full", "full", "full", "full", "full", "direct"]
+
+
+def _everything_case(gen):
+    """A decode call with every input present: padding mask, every table, SINK bits with the kernel's sink test."""
+    q, k, v, scale, mask, params = _decode_case("padded", gen)
+    _, _, _, plain, sb, _ = _sink_bits_case(gen, 2, 8, 2, 1, 70, torch.float32, 3)
+    sb.channels = _CHANNELS
+    params.key_class, params.sink_bits, params.amp_start = plain, sb, 67
+    return q, k, v, scale, mask, params
+
+
+def _with(params, **fields):
+    return ReweightParams(**{**{f: getattr(params, f) for f in params.__dataclass_fields__}, **fields})
+
+
+def _sinks(sb, **fields):
+    return reference.SinkBits(**{**{f: getattr(sb, f) for f in sb.__dataclass_fields__}, **fields})
+
+
+# Each changes one thing a launch is derived from (a scalar, a stride, a shape, a dtype, an input's presence).
+SIGNATURE_CHANGES = {
+    "scale": lambda q, k, v, s, m, p: (q, k, v, 0.1, m, p),
+    "rho": lambda q, k, v, s, m, p: (q, k, v, s, m, _with(p, var_rho=0.4)),
+    "min_mass": lambda q, k, v, s, m, p: (q, k, v, s, m, _with(p, var_min_mass=0.3)),
+    "amp_start": lambda q, k, v, s, m, p: (q, k, v, s, m, _with(p, amp_start=68)),
+    "amp_start_after_row": lambda q, k, v, s, m, p: (q, k, v, s, m, _with(p, amp_start=70)),
+    "first": lambda q, k, v, s, m, p: (q, k, v, s, m, _with(p, sink_bits=_sinks(p.sink_bits, first=2))),
+    "strict": lambda q, k, v, s, m, p: (q, k, v, s, m, _with(p, sink_bits=_sinks(p.sink_bits, strict=True))),
+    "threshold": lambda q, k, v, s, m, p: (q, k, v, s, m, _with(p, sink_bits=_sinks(
+        p.sink_bits, threshold=p.sink_bits.threshold * 0.9))),
+    "eps_norm": lambda q, k, v, s, m, p: (q, k, v, s, m, _with(p, sink_bits=_sinks(p.sink_bits, eps_norm=0.5))),
+    "channels": lambda q, k, v, s, m, p: (q, k, v, s, m, _with(p, sink_bits=_sinks(
+        p.sink_bits, channels=torch.tensor((3, 17, 20))))),
+    "no_hidden": lambda q, k, v, s, m, p: (q, k, v, s, m, _with(p, sink_bits=_sinks(p.sink_bits, hidden=None))),
+    "hidden_stride": lambda q, k, v, s, m, p: (q, k, v, s, m, _with(p, sink_bits=_sinks(
+        p.sink_bits, hidden=torch.cat([p.sink_bits.hidden, p.sink_bits.hidden], 1)[:, :48]))),
+    "bits_width": lambda q, k, v, s, m, p: (q, k, v, s, m, _with(p, sink_bits=_sinks(
+        p.sink_bits, bits=torch.cat([p.sink_bits.bits, p.sink_bits.bits], 1)))),
+    "fewer_keys": lambda q, k, v, s, m, p: (q, k[:, :, :66], v[:, :, :66], s, m[..., :66],
+                                            _with(p, key_class=p.key_class[:, :66].contiguous())),
+    "key_layout": lambda q, k, v, s, m, p: (q, k.transpose(1, 2).contiguous().transpose(1, 2), v, s, m, p),
+    "value_layout": lambda q, k, v, s, m, p: (q, k, v.transpose(1, 2).contiguous().transpose(1, 2), s, m, p),
+    "half": lambda q, k, v, s, m, p: (q.bfloat16(), k.bfloat16(), v.bfloat16(), s, m, p),
+    "no_mask": lambda q, k, v, s, m, p: (q, k, v, s, None, p),
+    "mask_per_head": lambda q, k, v, s, m, p: (q, k, v, s, m.expand(2, 8, 1, 70).contiguous(), p),
+    "classes_broadcast": lambda q, k, v, s, m, p: (q, k, v, s, m, _with(p, key_class=p.key_class[:1])),
+    "no_log_bias": lambda q, k, v, s, m, p: (q, k, v, s, m, _with(p, log_bias=None)),
+    "log_bias_broadcast": lambda q, k, v, s, m, p: (q, k, v, s, m, _with(p, log_bias=p.log_bias[:1])),
+    "no_amp": lambda q, k, v, s, m, p: (q, k, v, s, m, _with(p, amp=None)),
+    "no_var": lambda q, k, v, s, m, p: (q, k, v, s, m, _with(p, var_p=None)),
+    "var_p_stride": lambda q, k, v, s, m, p: (q, k, v, s, m, _with(p, var_p=p.var_p.t().contiguous().t())),
+    "no_head_scale": lambda q, k, v, s, m, p: (q, k, v, s, m, _with(p, head_scale=None)),
+    "no_params": lambda q, k, v, s, m, p: (q, k, v, s, m, None),
+}
+
+
+@pytest.mark.parametrize("change", sorted(SIGNATURE_CHANGES))
+def test_a_decode_call_that_differs_in_one_respect_is_not_a_replay_of_the_other(monkeypatch, change):
+    """With the recipe of a call that has every input present at hand, a call that differs from it in one scalar,
+    stride, shape, dtype or input launches what the full path computes for it, never the other call's launch."""
+    rec = RecordingLaunch()
+    monkeypatch.setattr(ta, "_decode_launch", rec)
+    gen = torch.Generator().manual_seed(47)
+    base = _everything_case(gen)
+    ta.attention(*base[:3], scale=base[3], mask=base[4], params=base[5])
+    q, k, v, scale, mask, params = SIGNATURE_CHANGES[change](*_everything_case(gen))
+    rec.log.clear()
+    out, _ = ta.attention(q, k, v, scale=scale, mask=mask, params=params)
+    monkeypatch.setattr(ta, "DECODE_RECIPES", False)
+    full_out, _ = ta.attention(q, k, v, scale=scale, mask=mask, params=params)
+    assert [e[0] for e in rec.log] == ["full", "full"]  # a new signature: the full path, which leaves its recipe
+    full_launch = _launch_of(rec.log[1], full_out)
+    assert _launch_of(rec.log[0], out) == full_launch
+    monkeypatch.setattr(ta, "DECODE_RECIPES", True)
+    rec.log.clear()
+    out, _ = ta.attention(q, k, v, scale=scale, mask=mask, params=params)  # now a replay of its own recipe
+    assert [e[0] for e in rec.log] == ["direct"] and _launch_of(rec.log[0], out) == full_launch

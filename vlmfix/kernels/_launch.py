@@ -94,10 +94,30 @@ class DirectLaunch:
         try:
             compiled[grid](*ptrs, *args[len(ptrs):], *consts)
         except Exception as exc:  # an unexpected launcher of this Triton version: Triton's own path from now on
-            self.enabled = False
-            self.error = f"{type(exc).__name__}: {exc}"
-            self._plans.clear()
-            warnings.warn(f"vlmfix: launching {self.fn.__name__} directly failed ({self.error}); using Triton's "
-                          "slower launch path from now on", RuntimeWarning, stacklevel=2)
+            self.give_up(exc)
             return self.fn[grid](*args, **constexprs, **options)
         return compiled
+
+    def runner_for(self, grid, args: tuple, constexprs: dict, options: dict):
+        """(the compiled kernel's launcher for ``grid``, the constexpr values in parameter order) that a call with these
+        arguments would launch directly, or None where it would take Triton's path. The launcher takes the leading
+        tensors as addresses, then the other arguments, then the constexprs (``_recipes.DecodeRecipe``)."""
+        if not self.enabled or self.compile_only:
+            return None
+        try:
+            key, _ = self.key(args, constexprs, options)
+        except AttributeError:
+            return None
+        plan = self._plans.get(key)
+        if plan is None:
+            return None
+        compiled, consts = plan
+        return compiled[grid], consts
+
+    def give_up(self, exc: Exception):
+        """Launches through Triton's own path from now on, after the direct launch raised ``exc``."""
+        self.enabled = False
+        self.error = f"{type(exc).__name__}: {exc}"
+        self._plans.clear()
+        warnings.warn(f"vlmfix: launching {self.fn.__name__} directly failed ({self.error}); using Triton's "
+                      "slower launch path from now on", RuntimeWarning, stacklevel=3)

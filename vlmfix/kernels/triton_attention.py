@@ -24,6 +24,7 @@ import torch
 import triton
 
 from ._launch import DirectLaunch
+from ._recipes import MASK, NATURAL_SLOTS, OUT, Q, DecodeRecipe, decode_signature
 from ._tri_common import LOG2E_F
 from ._tri_decode import combine_kernel, decode_kernel, last_row_kernel
 from ._tri_fwd import fwd_kernel
@@ -117,9 +118,13 @@ VAR_FIXUP_PREFETCH = True
 # A forward launch whose grid of ("fwd", kind) programs is under this many waves (one program per multiprocessor)
 # takes the ("fwd_short", kind) configuration where there is one (see CONFIGS).
 FWD_SHORT_WAVES = 4
+# A decode call whose signature was seen replays its launch from a recipe (``_recipes.py``) instead of deriving it.
+DECODE_RECIPES = True
+_decode_recipes: dict = {}  # signature -> DecodeRecipe; cleared with the plans, and when it reaches _MAX_RECIPES
+_MAX_RECIPES = 256
 _SPLIT_KEYS = frozenset(("min_keys", "keys_per_split", "waves", "busy_keys_per_split", "busy_waves", "max_splits"))
 _LAUNCH_CHOICES = ("CONFIGS", "DECODE_SPLIT", "VAR_LAUNCH", "FUSED_COMBINE", "DECODE_PREFETCH_CLS",
-                   "VAR_FIXUP_PREFETCH", "VAR_FIXUP_LIST", "FWD_SHORT_WAVES")
+                   "VAR_FIXUP_PREFETCH", "VAR_FIXUP_LIST", "FWD_SHORT_WAVES", "DECODE_RECIPES")
 
 
 @contextlib.contextmanager
@@ -143,12 +148,14 @@ def launch_choices(**overrides):
         saved[name] = dict(cur) if isinstance(cur, dict) else cur
         _set_choice(module, name, value)
     _split_cache.clear()
+    _decode_recipes.clear()
     try:
         yield
     finally:
         for name, value in saved.items():
             _set_choice(module, name, value)
         _split_cache.clear()
+        _decode_recipes.clear()
 
 
 def direct_launches() -> dict:
@@ -339,6 +346,35 @@ def _sink_bit_args(sb, n: int, dummy: torch.Tensor) -> tuple:
             float(sb.threshold), float(sb.eps_norm) ** 2, True, bool(sb.strict))
 
 
+def _remember(sig, inputs, grid, args, constexprs, options, mask_u8):
+    """Keeps the decode launch just made as the recipe of its signature, if it used its inputs as they came (see
+    ``_recipes.py``): each leading tensor is its own input, the query standing in for an absent one, the output, or a
+    fixed tensor of this module (workspace, counters, channel list); every address 16-byte aligned."""
+    q, out = inputs[Q], args[3]
+    everything = [*inputs, out]
+    slots, fixed = [], []
+    for i, t in enumerate(args[:len(NATURAL_SLOTS)]):
+        own = NATURAL_SLOTS[i]
+        if t.data_ptr() & 15:
+            return
+        if own is not None and (t is everything[own] or (own == MASK and t is mask_u8)):
+            slots.append(own)
+        elif t is q:
+            slots.append(Q)
+        elif t is out:
+            slots.append(OUT)
+        elif own is None:
+            fixed.append(t)
+            slots.append(len(everything) + len(fixed) - 1)
+        else:  # an input replaced by a copy or a conversion: a replay would read the input itself
+            return
+    recipe = DecodeRecipe(grid, args, constexprs, options, tuple(slots), fixed, tuple(out.shape), out.dtype,
+                          out.device, _decode_launch)
+    if len(_decode_recipes) >= _MAX_RECIPES:
+        _decode_recipes.clear()
+    _decode_recipes[sig] = recipe
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, mask: torch.Tensor | None = None,
               params: ReweightParams | None = None, want: Iterable[str] = ()) -> tuple[torch.Tensor, dict]:
     """Re-weighted attention on the GPU (or the Triton interpreter). See ``reference.attention`` for the contract."""
@@ -350,8 +386,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
         want = frozenset(want)
         if not want <= _STATS:
             raise ValueError(f"unknown statistics {sorted(want - _STATS)}; supported: {list(STATS)}")
+        sig = None
     else:
         want = _NO_STATS
+        sig = None
+        if q.shape[2] == 1 and DECODE_RECIPES:
+            sig, inputs = decode_signature(q, k, v, scale, mask, params)
+            recipe = _decode_recipes.get(sig)
+            if recipe is not None:
+                out = recipe.replay(_decode_launch, inputs, _empty)
+                if out is not None:
+                    return out, {}
     bsz, hq, m, d = q.shape
     hkv, n = k.shape[1], k.shape[2]
     if hq % hkv:
@@ -444,19 +489,20 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
         bits, hid, chans, sbits_b, shid_b, first, n_ch, hid_d, threshold, eps2, test_new, strict = \
             _sink_bit_args(sb, n, dummy)
         load_cls_any = load_cls or var_p is not None or sb is not None
-        _decode_launch(
-            (splits, bsz * hkv, 1),
-            (q, k, v, out, *ptrs, ws_o, ws_s, ws_m, cnt, bits, hid, chans,
-             qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], m * hq * d, d, ms[0], ms[1], ms[3],
-             *cs, *lbs, *ams, *vps, *hss, sbits_b, shid_b,
-             qk_scale, rho, min_mass, threshold, eps2, n, hq, group, chunk, first, n_ch, hid_d),
-            dict(HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=block_m, SPLITS=splits, PARTS=parts, GROUP=group,
-                 DOT_FP32=dot_fp32, LOAD_CLS=load_cls_any,
-                 FUSED_COMBINE=fused, HAS_BITS=sb is not None,
-                 TEST_NEW=test_new, STRICT=strict, BLOCK_HID=_pow2(hid_d) if test_new else 16,
-                 BLOCK_CH=max(2, _pow2(n_ch)) if test_new else 2, PREFETCH_CLS=DECODE_PREFETCH_CLS and load_cls_any,
-                 **common, **blocks),
-            options)
+        grid = (splits, bsz * hkv, 1)
+        args = (q, k, v, out, *ptrs, ws_o, ws_s, ws_m, cnt, bits, hid, chans,
+                qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], m * hq * d, d, ms[0], ms[1], ms[3],
+                *cs, *lbs, *ams, *vps, *hss, sbits_b, shid_b,
+                qk_scale, rho, min_mass, threshold, eps2, n, hq, group, chunk, first, n_ch, hid_d)
+        constexprs = dict(HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=block_m, SPLITS=splits, PARTS=parts, GROUP=group,
+                          DOT_FP32=dot_fp32, LOAD_CLS=load_cls_any,
+                          FUSED_COMBINE=fused, HAS_BITS=sb is not None,
+                          TEST_NEW=test_new, STRICT=strict, BLOCK_HID=_pow2(hid_d) if test_new else 16,
+                          BLOCK_CH=max(2, _pow2(n_ch)) if test_new else 2,
+                          PREFETCH_CLS=DECODE_PREFETCH_CLS and load_cls_any, **common, **blocks)
+        _decode_launch(grid, args, constexprs, options)
+        if sig is not None and (fused or splits == 1):
+            _remember(sig, inputs, grid, args, constexprs, options, mask_u8 if mask is not None else None)
         if splits > 1 and not fused:
             _combine_launch(
                 (bsz * hq, 1, 1),

@@ -1,0 +1,119 @@
+"""Decode launches replayed from a recipe: the per-layer, per-token host path cut to a lookup and a few addresses.
+
+A decode step calls attention once per layer, and within one step every layer's call looks the same: the same
+shapes, strides, dtypes, scalars and parameter layout, only other tensors (this layer's queries, cache, SINK-bit row,
+hidden state, head scales). Deriving the launch from scratch (``triton_attention.attention``) and letting
+``DirectLaunch`` recompute its key from ~60 arguments costs ~20 us of Python per call on a slow CPU, paid ~30 times a
+step on a path the host paces. So the first call of a signature takes that path and leaves a ``DecodeRecipe``: the
+launch's arguments with each tensor slot tied to the call input it came from. Later calls with the same signature
+only read their inputs' addresses into those slots and launch the compiled kernel.
+
+What makes a replay exact: the signature (``decode_signature``) holds everything the launch is computed from besides
+the tensors' addresses (every shape, stride, dtype, device and scalar), so every integer, float and constexpr of the
+launch is the recorded one; a recipe is only made when the call used its inputs as they came (no copy, no conversion,
+every address 16-byte aligned) and a replay checks the alignment of its own addresses, the one thing Triton still
+specialises a compiled kernel on. Fixed tensors (the split workspace, the merge's counters, the sink test's channel
+list) are held by the recipe, so their addresses stay valid. ``tests/test_kernels.py`` checks that a replay hands the
+launcher exactly what the full path would.
+"""
+
+from __future__ import annotations
+
+import operator
+from functools import reduce
+
+import torch
+
+# Call inputs in the order a recipe indexes them; ``OUT`` is the freshly allocated output.
+Q, K, V, MASK, CLS, LOG_BIAS, AMP, VAR_P, HEAD_SCALE, BITS, HIDDEN, OUT = range(12)
+# The input each leading tensor argument of the decode kernel is, in its parameter order (None: not an input).
+NATURAL_SLOTS = (Q, K, V, OUT, MASK, CLS, LOG_BIAS, AMP, VAR_P, HEAD_SCALE, None, None,  # ... lse, mass
+                 None, None, None, None, BITS, HIDDEN, None)  # workspaces and counters, bits, hidden, channels
+
+
+def _meta(t):
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.get_device())
+
+
+def decode_signature(q, k, v, scale, mask, params) -> tuple[tuple, list]:
+    """(the signature of a one-row call, its inputs in recipe order without the output).
+
+    Every value the full path derives the launch from: any change here may change an integer, a constexpr or the
+    compiled kernel. The sink test's channel tensor enters by identity (its values are read by the kernel); a recipe
+    keeps it alive, so its ``id`` cannot be reused while the recipe exists.
+    """
+    sig = [q.shape, q.stride(), q.dtype, q.get_device(), _meta(k), _meta(v), scale, _meta(mask)]
+    if params is None:
+        return tuple(sig), [q, k, v, mask, None, None, None, None, None, None, None]
+    cls, lb, amp, var_p, hs, sb = (params.key_class, params.log_bias, params.amp, params.var_p, params.head_scale,
+                                   params.sink_bits)
+    sig += [_meta(cls), _meta(lb), _meta(amp), _meta(var_p), _meta(hs), params.var_rho, params.var_min_mass,
+            params.amp_start]
+    bits = hidden = None
+    if sb is not None:
+        bits, hidden = sb.bits, sb.hidden
+        sig += [_meta(bits), sb.first, _meta(hidden), id(sb.channels), sb.threshold, sb.eps_norm, sb.strict]
+    return tuple(sig), [q, k, v, mask, cls, lb, amp, var_p, hs, bits, hidden]
+
+
+class DecodeRecipe:
+    """One recorded decode launch: the arguments, where each tensor slot's address comes from, the output's shape, and
+    (once the launcher has a compiled kernel for it) the compiled kernel's launcher with the constexpr tail."""
+
+    __slots__ = ("grid", "args", "constexprs", "options", "slots", "fixed", "fixed_addr", "out_shape", "dtype",
+                 "device", "launch", "runner", "tail")
+
+    def __init__(self, grid, args, constexprs, options, slots, fixed, out_shape, dtype, device, launch):
+        """``args``: the recorded launch's arguments; ``slots``: per leading tensor argument, an index into the inputs,
+        the output, then ``fixed``. Binds the compiled kernel ``launch`` (a ``DirectLaunch``) has for these arguments,
+        if it has one, then forgets the call's own tensors: a recipe must not keep a step's cache alive."""
+        self.grid, self.constexprs, self.options = grid, constexprs, options
+        self.slots = slots
+        self.fixed = fixed  # tensors the launch uses that are not call inputs (kept alive here)
+        self.fixed_addr = [t.data_ptr() for t in fixed]
+        self.out_shape, self.dtype, self.device = out_shape, dtype, device
+        self.launch = self.runner = self.tail = None
+        self.args = args
+        self.bind(launch)
+        self.args = tuple(None if i < len(slots) and slots[i] <= OUT else a for i, a in enumerate(args))
+
+    def bind(self, launch):
+        """Takes the compiled kernel ``launch`` has for the recorded arguments (None where it has none: Triton's
+        interpreter, a launcher in compile-only mode, a test's spy)."""
+        runner_for = getattr(launch, "runner_for", None)
+        found = runner_for(self.grid, self.args, self.constexprs, self.options) if runner_for else None
+        if found is not None:
+            self.launch, (self.runner, consts) = launch, found
+            self.tail = (*self.args[len(self.slots):], *consts)
+
+    def replay(self, launch, inputs: list, empty):
+        """The output of this recipe's launch on ``inputs`` (``decode_signature``'s list), or None where the call must
+        take the full path (a misaligned address, a launcher that gave up the direct path, compile-only mode)."""
+        out = empty(self.out_shape, dtype=self.dtype, device=self.device)
+        if launch is not self.launch:  # no compiled kernel at hand (the interpreter, a test's spy): the launcher decides
+            every = [*inputs, out]
+            args = list(self.args)
+            for i, j in enumerate(self.slots):
+                if j <= OUT:
+                    t = every[j]
+                    args[i] = t.view(torch.uint8) if t.dtype == torch.bool else t
+            launch(self.grid, tuple(args), self.constexprs, self.options)
+            if self.launch is None and not getattr(launch, "compile_only", True):
+                # (a recipe made in compile-only mode finds its compiled kernel at its first launch)
+                saved, self.args = self.args, tuple(args)
+                self.bind(launch)
+                self.args = saved
+            return out
+        if not launch.enabled or launch.compile_only:
+            return None
+        addr = [t.data_ptr() if t is not None else 0 for t in inputs]
+        if reduce(operator.or_, addr) & 15:
+            return None
+        addr.append(out.data_ptr())
+        addr += self.fixed_addr
+        try:
+            self.runner(*[addr[j] for j in self.slots], *self.tail)
+        except Exception as exc:  # an unexpected launcher: the full path (Triton's own launch) from now on
+            launch.give_up(exc)
+            return None
+        return out
