@@ -827,3 +827,21 @@ def test_a_decode_call_that_differs_in_one_respect_is_not_a_replay_of_the_other(
     rec.log.clear()
     out, _ = ta.attention(q, k, v, scale=scale, mask=mask, params=params)  # now a replay of its own recipe
     assert [e[0] for e in rec.log] == ["direct"] and _launch_of(rec.log[0], out) == full_launch
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_the_sink_test_reads_a_decode_layers_input_as_it_comes(backend):
+    """``SinkBits.hidden`` may be the decode layer's input as it comes, (B, 1, D): the same bit and output as (B, D)."""
+    gen = torch.Generator().manual_seed(53)
+    q, k, v, plain, sb, expect = _sink_bits_case(gen, 2, 4, 2, 1, 70, torch.float32, 3)
+    run = ta.attention if backend == "triton" else reference.attention
+    outs, bits = [], []
+    for hidden in (sb.hidden, sb.hidden[:, None, :]):
+        b = sb.bits.clone()
+        b[:, 3 + 70 - 1] = -1
+        params = ReweightParams(key_class=plain, var_p=torch.full((2, 4), 0.6), var_rho=0.3, var_min_mass=0.05,
+                                sink_bits=reference.SinkBits(b, 3, hidden, sb.channels, sb.threshold, sb.eps_norm))
+        outs.append(run(q, k, v, scale=0.125, params=params)[0])
+        bits.append(b)
+    assert torch.equal(bits[0], bits[1]) and torch.equal(bits[1][:, 3 + 70 - 1] == SINK, expect)
+    assert torch.equal(outs[0], outs[1])

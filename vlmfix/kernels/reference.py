@@ -44,7 +44,8 @@ class SinkBits:
 
     bits:     (B, >= first + N) int32, ``SINK`` or 0 per sequence position.
     first:    the column of key 0 (a sliding-window layer sees only the last keys of the sequence).
-    hidden:   optional (B, D) hidden state of the query token entering the layer, for a decode step (one query row).
+    hidden:   optional (B, D) or (B, 1, D) hidden state of the query token entering the layer, for a decode step (one
+              query row; the second form is a decode layer's input as it comes, with no per-call slicing).
               The kernel then decides the new key's bit itself and writes it into ``bits[:, first + N - 1]`` before
               using it: ``max_c |h_c| * threshold >= sqrt(||h||^2 + eps_norm^2)`` over ``channels``, ``>`` when
               ``strict``, in fp32. With ``threshold = sqrt(D) / tau`` and ``eps_norm = sqrt(D * eps)`` that is
@@ -71,7 +72,8 @@ class SinkBits:
 
 def new_key_is_sink(sb: SinkBits) -> torch.Tensor:
     """(B,) bool: the test ``SinkBits`` describes, on ``sb.hidden``, in fp32 (fp64 for fp64 states)."""
-    h = sb.hidden.double() if sb.hidden.dtype == torch.float64 else sb.hidden.float()
+    h = sb.hidden.reshape(sb.hidden.shape[0], sb.hidden.shape[-1])
+    h = h.double() if h.dtype == torch.float64 else h.float()
     peak = h.index_select(-1, sb.channels.to(h.device)).abs().amax(-1) * sb.threshold
     bound = (h * h).sum(-1) + sb.eps_norm ** 2
     lhs = peak * peak

@@ -28,6 +28,7 @@ class DualStreamRuntime(MethodRuntime):
         self.used_scores = None  # the scores behind the last selection, for forwards that skip the tower
         self.bits: torch.Tensor | None = None
         self._amp = None
+        self._amp_for = None  # (batch, heads, device index) that _amp was made for
 
     def install(self, session):
         modules = self.adapter.vision_attention_modules()
@@ -92,15 +93,19 @@ class DualStreamRuntime(MethodRuntime):
         # the selection is part of the sequence from now on: decode steps append plain classes after it
         seq.classes = seq.classes | self.bits
 
-    def _amp_table(self, b, h, device):
-        if self._amp is None or self._amp.shape[:2] != (b, h) or self._amp.device != device:
+    def _amp_table(self, query):
+        """The (B, H, 16) emphasis table for ``query``'s batch, heads and device, made once for each."""
+        shape = query.shape
+        where = (shape[0], shape[1], query.get_device())
+        if where != self._amp_for:
             table = torch.zeros(NUM_CLASSES, dtype=torch.float32)
             for c in range(NUM_CLASSES):
                 if c & VISUAL and c & LOCAL:
                     table[c] = self.cfg.alpha
                 elif c & VISUAL and c & SUMMARY:
                     table[c] = self.cfg.beta
-            self._amp = table.to(device).expand(b, h, NUM_CLASSES).contiguous()
+            self._amp = table.to(query.device).expand(shape[0], shape[1], NUM_CLASSES).contiguous()
+            self._amp_for = where
         return self._amp
 
     def contribute(self, call):
@@ -112,8 +117,7 @@ class DualStreamRuntime(MethodRuntime):
             classes = call.session.seq.classes
             call.classes = classes if classes.shape[1] == kv_len else classes[:, -kv_len:]
         call.params.key_class = call.classes
-        b, h = call.query.shape[:2]
-        call.params.amp = self._amp_table(b, h, call.query.device)
+        call.params.amp = self._amp_table(call.query)
         seq = call.session.seq
         # the prompt's last row and every generated token's row, in this call's key indices (sliding caches crop)
         call.params.amp_start = seq.prompt_len - 1 - (seq.length - kv_len)

@@ -36,6 +36,7 @@ class VarRuntime(MethodRuntime):
         self._sink_len: dict[int, int] = {}
         self._warned = False
         self._var_p = None
+        self._var_p_for = None  # (batch, heads, device index) that _var_p was made for
         # the sink test with its device tensors (channels, bit values) per (device, width, dims): no host copy per
         # call, also when the layers of a model sit on several devices
         self._writers: dict[tuple, SinkBitWriter] = {}
@@ -105,7 +106,7 @@ class VarRuntime(MethodRuntime):
 
     def _writer_for(self, hidden):
         """The sink test for ``hidden``'s device and width and the current sink dims, made once for each."""
-        key = (hidden.device, hidden.shape[-1], self.dims)
+        key = (hidden.get_device(), hidden.shape[-1], self.dims)
         writer = self._writers.get(key)
         if writer is None:
             dims = torch.tensor(self.dims, dtype=torch.long, device=hidden.device)
@@ -134,11 +135,14 @@ class VarRuntime(MethodRuntime):
             return
         kv_len = call.key.shape[2]
         first = self._sink_len[call.layer] - kv_len
-        b, h = call.query.shape[:2]
+        query = call.query
+        shape = query.shape
+        where = (shape[0], shape[1], query.get_device())
         var_p = self._var_p
-        if var_p is None or var_p.shape != (b, h) or var_p.device != call.query.device:
-            var_p = self._var_p = torch.full((b, h), self.cfg.moved_fraction, dtype=torch.float32,
-                                             device=call.query.device)
+        if where != self._var_p_for:
+            var_p = self._var_p = torch.full(shape[:2], self.cfg.moved_fraction, dtype=torch.float32,
+                                             device=query.device)
+            self._var_p_for = where
         if self.cfg.compat:  # the official code leaves a layer alone in a sample without any visual sink
             call.classes = call.classes | bits[:, first:first + kv_len]
             has_visual_sink = ((call.classes & (SINK | VISUAL)) == (SINK | VISUAL)).any(dim=1)
@@ -149,7 +153,7 @@ class VarRuntime(MethodRuntime):
                 call.params.sink_bits = SinkBits(bits, first)
             else:
                 hidden, writer = pending
-                call.params.sink_bits = SinkBits(bits, first, hidden[:, -1], writer.dims, writer.scale,
+                call.params.sink_bits = SinkBits(bits, first, hidden, writer.dims, writer.scale,
                                                  writer.eps_norm_value, writer.strict)
         call.params.key_class = call.classes
         call.params.var_p = var_p

@@ -71,6 +71,9 @@ class PatchSession:
         self.active_layers = set()
         for rt in runtimes:
             self.active_layers |= set(rt.layers)
+        # per layer, the methods acting on it in contribution order (looked up once per layer call)
+        self.contributors_of = [tuple(rt for rt in self.contributors if layer in rt.layers)
+                                for layer in range(self.n_layers)]
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -176,8 +179,8 @@ class PatchSession:
     # -- the attention call ----------------------------------------------------------------------------------------
     def attend(self, layer: int, module, query, key, value, attention_mask, scaling, kwargs, fallback):
         seq = self.seq
-        recording = self.record is not None and layer in self.record.layers and not self.is_suspended
-        if (self.is_suspended or seq is None or not seq.has_visual or module.training
+        recording = self.record is not None and layer in self.record.layers and not self._suspended
+        if (self._suspended or seq is None or not seq.has_visual or module.training
                 or (layer not in self.active_layers and not recording)):
             return fallback(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
 
@@ -196,9 +199,8 @@ class PatchSession:
         # methods never write into ``classes`` in place (it is the shared sequence state): they rebind call.classes
         call = LayerCall(layer, query, key, value, attention_mask, scaling if scaling is not None else module.scaling,
                          classes, ReweightParams(), self)
-        for rt in self.contributors:
-            if layer in rt.layers:
-                rt.contribute(call)
+        for rt in self.contributors_of[layer]:
+            rt.contribute(call)
         params = call.params
         want = ()
         if recording:
