@@ -42,7 +42,7 @@ def decode_signature(q, k, v, scale, mask, params) -> tuple[tuple, list]:
     compiled kernel. The sink test's channel tensor enters by identity (its values are read by the kernel); a recipe
     keeps it alive, so its ``id`` cannot be reused while the recipe exists.
     """
-    sig = [q.shape, q.stride(), q.dtype, q.get_device(), _meta(k), _meta(v), scale, _meta(mask)]
+    sig = [_meta(q), _meta(k), _meta(v), scale, _meta(mask)]
     if params is None:
         return tuple(sig), [q, k, v, mask, None, None, None, None, None, None, None]
     cls, lb, amp, var_p, hs, sb = (params.key_class, params.log_bias, params.amp, params.var_p, params.head_scale,
@@ -73,42 +73,40 @@ class DecodeRecipe:
         self.fixed_addr = [t.data_ptr() for t in fixed]
         self.out_shape, self.dtype, self.device = out_shape, dtype, device
         self.launch = self.runner = self.tail = None
-        self.args = args
-        self.bind(launch)
+        self.bind(launch, args)
         self.args = tuple(None if i < len(slots) and slots[i] <= OUT else a for i, a in enumerate(args))
 
-    def bind(self, launch):
-        """Takes the compiled kernel ``launch`` has for the recorded arguments (None where it has none: Triton's
-        interpreter, a launcher in compile-only mode, a test's spy)."""
+    def bind(self, launch, args):
+        """Takes the compiled kernel ``launch`` has for ``args`` (a launch of this recipe with a call's tensors), if it
+        has one (none: Triton's interpreter, a launcher in compile-only mode, a test's spy)."""
         runner_for = getattr(launch, "runner_for", None)
-        found = runner_for(self.grid, self.args, self.constexprs, self.options) if runner_for else None
+        found = runner_for(self.grid, args, self.constexprs, self.options) if runner_for else None
         if found is not None:
             self.launch, (self.runner, consts) = launch, found
-            self.tail = (*self.args[len(self.slots):], *consts)
+            self.tail = (*args[len(self.slots):], *consts)
 
     def replay(self, launch, inputs: list, empty):
         """The output of this recipe's launch on ``inputs`` (``decode_signature``'s list), or None where the call must
         take the full path (a misaligned address, a launcher that gave up the direct path, compile-only mode)."""
-        out = empty(self.out_shape, dtype=self.dtype, device=self.device)
         if launch is not self.launch:  # no compiled kernel at hand (the interpreter, a test's spy): the launcher decides
+            out = empty(self.out_shape, dtype=self.dtype, device=self.device)
             every = [*inputs, out]
             args = list(self.args)
             for i, j in enumerate(self.slots):
                 if j <= OUT:
                     t = every[j]
                     args[i] = t.view(torch.uint8) if t.dtype == torch.bool else t
-            launch(self.grid, tuple(args), self.constexprs, self.options)
+            args = tuple(args)
+            launch(self.grid, args, self.constexprs, self.options)
             if self.launch is None and not getattr(launch, "compile_only", True):
-                # (a recipe made in compile-only mode finds its compiled kernel at its first launch)
-                saved, self.args = self.args, tuple(args)
-                self.bind(launch)
-                self.args = saved
+                self.bind(launch, args)  # (a recipe made in compile-only mode finds its kernel at its first launch)
             return out
         if not launch.enabled or launch.compile_only:
             return None
         addr = [t.data_ptr() if t is not None else 0 for t in inputs]
         if reduce(operator.or_, addr) & 15:
             return None
+        out = empty(self.out_shape, dtype=self.dtype, device=self.device)
         addr.append(out.data_ptr())
         addr += self.fixed_addr
         try:

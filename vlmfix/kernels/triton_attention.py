@@ -382,14 +382,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
         # a model split over GPUs (device_map): launch on this layer's GPU, where Triton looks its kernels up
         with torch.cuda.device(q.device):
             return attention(q, k, v, scale=scale, mask=mask, params=params, want=want)
+    sig = None  # a one-row call without statistics: its recipe signature (see _recipes.py)
     if want:
         want = frozenset(want)
         if not want <= _STATS:
             raise ValueError(f"unknown statistics {sorted(want - _STATS)}; supported: {list(STATS)}")
-        sig = None
     else:
         want = _NO_STATS
-        sig = None
         if q.shape[2] == 1 and DECODE_RECIPES:
             sig, inputs = decode_signature(q, k, v, scale, mask, params)
             recipe = _decode_recipes.get(sig)

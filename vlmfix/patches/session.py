@@ -68,10 +68,7 @@ class PatchSession:
         self._warned_no_image = False
         self.runtimes = sorted(runtimes, key=lambda rt: rt.start_priority)
         self.contributors = sorted(runtimes, key=lambda rt: rt.contribute_priority)
-        self.active_layers = set()
-        for rt in runtimes:
-            self.active_layers |= set(rt.layers)
-        # per layer, the methods acting on it in contribution order (looked up once per layer call)
+        # per layer, the methods acting on it in contribution order (looked up once per layer call; empty: inactive)
         self.contributors_of = [tuple(rt for rt in self.contributors if layer in rt.layers)
                                 for layer in range(self.n_layers)]
 
@@ -181,7 +178,7 @@ class PatchSession:
         seq = self.seq
         recording = self.record is not None and layer in self.record.layers and not self._suspended
         if (self._suspended or seq is None or not seq.has_visual or module.training
-                or (layer not in self.active_layers and not recording)):
+                or (not self.contributors_of[layer] and not recording)):
             return fallback(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
 
         kv_len = key.shape[2]
