@@ -3,7 +3,7 @@
 A decode step calls attention once per layer, and within one step every layer's call looks the same: the same
 shapes, strides, dtypes, scalars and parameter layout, only other tensors (this layer's queries, cache, SINK-bit row,
 hidden state, head scales). Deriving the launch from scratch (``triton_attention.attention``) and letting
-``DirectLaunch`` recompute its key from ~60 arguments costs ~20 us of Python per call on a slow CPU, paid ~30 times a
+``DirectLaunch`` recompute its key from ~60 arguments costs ~18 us of Python per call on a slow CPU, paid ~30 times a
 step on a path the host paces. So the first call of a signature takes that path and leaves a ``DecodeRecipe``: the
 launch's arguments with each tensor slot tied to the call input it came from. Later calls with the same signature
 only read their inputs' addresses into those slots and launch the compiled kernel.
