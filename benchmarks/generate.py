@@ -62,6 +62,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import vlmfix  # noqa: E402
 from vlmfix.kernels import LOCAL, SUMMARY, VISUAL, triton_available  # noqa: E402
 from vlmfix.heads.sinks import sink_scores  # noqa: E402
+from gc_clock import GcClock  # noqa: E402
 
 BARS = {"default": 0.90, "vhr_exact": 0.85}
 MEM_BAR = 1.05
@@ -328,6 +329,8 @@ class Runner:
         self.skipped: list[str] = []
         self.step_est: dict = {}  # (model, batch) -> seconds per generate of vanilla
         self.benches: dict = {}
+        self.gc = GcClock()  # collections during each timed generate (a full one walks every object of the process)
+        self.gc_full: dict = {}  # key -> per timed run, ms spent in full (oldest-generation) collections
 
     # -- one configuration ---------------------------------------------------------------------------------------
     def _sync(self):
@@ -357,6 +360,7 @@ class Runner:
             if self.cuda:
                 torch.cuda.reset_peak_memory_stats(self.device)
             self._sync()
+            self.gc.reset()
             t = time.perf_counter()
             def run():
                 return model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
@@ -470,12 +474,14 @@ class Runner:
                 self.slow_launches.setdefault(key, []).append(slow)
                 self.round_ids.setdefault(key, []).append((label, r))
                 self.mems.setdefault(key, []).append(mem)
+                self.gc_full.setdefault(key, []).append(round(1e3 * self.gc.seconds.get(2, 0.0), 1))
                 if stats:
                     self.stats[key] = stats
                 if cfg[0] == "vanilla":
                     self.step_est[(name, batch)] = statistics.median(self.times[key])
                 log(f"run{r} {name} b{batch} {cfg[0]:<11} {cfg[1]:<6} {dt:6.2f}s "
-                    f"{batch * args.new_tokens / dt:8.1f} tok/s  peak {mem:6.2f} GiB  slow launches {slow}")
+                    f"{batch * args.new_tokens / dt:8.1f} tok/s  peak {mem:6.2f} GiB  slow launches {slow}  "
+                    f"full gc {self.gc_full[key][-1]} ms")
                 self.write()
 
     def profile(self, bench, batch, cfg, new_tokens=16):
@@ -547,6 +553,7 @@ class Runner:
                    "n_repeats": len(ts), "times_s": [round(t, 3) for t in ts],
                    "discarded_s": [round(t, 3) for t in self.discarded.get(key, [])],
                    "slow_launches": self.slow_launches.get(key, []),
+                   "gc_full_ms": self.gc_full.get(key, []),
                    "prompt_tokens": bench.prompt_len, "image_tokens": bench.n_image_tokens,
                    "new_tokens": self.args.new_tokens}
             if van:
@@ -753,9 +760,10 @@ def main(argv=None):
                     runner.profile(runner.benches[name], b, cfg)
         log("done")
         return
-    for name, b, cfgs, label in phases:
-        log(f"== {name} batch {b}: {label}")
-        runner.phase(runner.benches[name], b, cfgs, label)
+    with runner.gc:
+        for name, b, cfgs, label in phases:
+            log(f"== {name} batch {b}: {label}")
+            runner.phase(runner.benches[name], b, cfgs, label)
     runner.write()
     recs = runner.records()
     print(f"\n{'model':<9} {'b':>2} {'method':<12} {'backend':<7} {'tok/s':>8} {'ratio':>6} {'peakGiB':>8} "

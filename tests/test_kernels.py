@@ -752,6 +752,29 @@ def test_decode_replays_are_exact_and_leave_the_full_path_when_they_cannot_repla
     assert [e[0] for e in rec.log] == ["full", "full", "full", "full", "full", "direct"]
 
 
+def test_the_recipe_table_keeps_the_latest_signatures_and_forgets_the_oldest_first(monkeypatch):
+    """A decode step's signature is new at every step (the key count grows), so the table must drop old recipes one at
+    a time, oldest first, and never the ones of the step under way: a table that piles up recipes and then clears
+    them feeds the collector's oldest generation (``benchmarks/gc_pressure.py``), and one that forgets the current
+    step's recipes would send every layer down the full path."""
+    monkeypatch.setattr(ta, "_MAX_RECIPES", 3)
+    rec = RecordingLaunch()
+    monkeypatch.setattr(ta, "_decode_launch", rec)
+    gen = torch.Generator().manual_seed(47)
+
+    def step(n):
+        q, k, v, _ = inputs(1, 4, 2, 1, n, 64, torch.float32, gen)
+        rec.log.clear()
+        ta.attention(q, k, v, scale=0.125)
+        return rec.log[0][0]
+
+    assert [step(n) for n in (20, 21, 22)] == ["full"] * 3
+    assert [step(n) for n in (20, 21, 22)] == ["direct"] * 3  # every recipe still there
+    assert step(23) == "full" and len(ta._decode_recipes) == 3  # 20, the oldest, makes room
+    assert [step(n) for n in (21, 22, 23)] == ["direct"] * 3
+    assert step(20) == "full" and [step(n) for n in (22, 23, 20)] == ["direct"] * 3  # now 21 went
+
+
 def _everything_case(gen):
     """A decode call with every input present: padding mask, every table, SINK bits with the kernel's sink test."""
     q, k, v, scale, mask, params = _decode_case("padded", gen)

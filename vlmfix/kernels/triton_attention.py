@@ -120,8 +120,13 @@ VAR_FIXUP_PREFETCH = True
 FWD_SHORT_WAVES = 4
 # A decode call whose signature was seen replays its launch from a recipe (``_recipes.py``) instead of deriving it.
 DECODE_RECIPES = True
-_decode_recipes: dict = {}  # signature -> DecodeRecipe; cleared with the plans, and when it reaches _MAX_RECIPES
-_MAX_RECIPES = 256
+_decode_recipes: dict = {}  # signature -> DecodeRecipe, oldest first; cleared with the plans
+# A signature holds the key count, which grows by one every decode step, so a recipe is replayed only by the other
+# layers of its own step. Keeping the last _MAX_RECIPES (a few steps' worth: 4 signatures a step with every method,
+# times sliding-window layers and devices) lets recipes die young. A table that piled up a step's recipes (~20 Python
+# objects each) until a clear sent them into the collector's oldest generation and set off full collections: 183 ms
+# each for a process holding a model on the CPU, one every few generates (benchmarks/results/gc_recipes_cpu.md).
+_MAX_RECIPES = 64
 _SPLIT_KEYS = frozenset(("min_keys", "keys_per_split", "waves", "busy_keys_per_split", "busy_waves", "max_splits"))
 _LAUNCH_CHOICES = ("CONFIGS", "DECODE_SPLIT", "VAR_LAUNCH", "FUSED_COMBINE", "DECODE_PREFETCH_CLS",
                    "VAR_FIXUP_PREFETCH", "VAR_FIXUP_LIST", "FWD_SHORT_WAVES", "DECODE_RECIPES")
@@ -371,7 +376,7 @@ def _remember(sig, inputs, grid, args, constexprs, options, mask_u8):
     recipe = DecodeRecipe(grid, args, constexprs, options, tuple(slots), fixed, tuple(out.shape), out.dtype,
                           out.device, _decode_launch)
     if len(_decode_recipes) >= _MAX_RECIPES:
-        _decode_recipes.clear()
+        del _decode_recipes[next(iter(_decode_recipes))]
     _decode_recipes[sig] = recipe
 
 
