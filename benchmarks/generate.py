@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
@@ -331,6 +332,10 @@ class Runner:
         self.benches: dict = {}
         self.gc = GcClock()  # collections during each timed generate (a full one walks every object of the process)
         self.gc_full: dict = {}  # key -> per timed run, ms spent in full (oldest-generation) collections
+        # key -> per timed run, CPU time of this (the launching) thread: the host's own work plus any spinning wait on
+        # the GPU, without the time the thread was not running (another process or virtual machine had the core)
+        self.cpu_times: dict = {}
+        self.last_cpu_s = None
 
     # -- one configuration ---------------------------------------------------------------------------------------
     def _sync(self):
@@ -359,8 +364,13 @@ class Runner:
         try:
             if self.cuda:
                 torch.cuda.reset_peak_memory_stats(self.device)
+            # a full collection walks every object of the process (~300 ms on the H200's host): start each run with
+            # none pending, so one does not land in whichever run crosses the threshold (gc_pressure.py measures
+            # whether a configuration itself sets them off; each run's full collections are recorded all the same)
+            gc.collect()
             self._sync()
             self.gc.reset()
+            cpu = time.thread_time()
             t = time.perf_counter()
             def run():
                 return model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
@@ -369,6 +379,7 @@ class Runner:
             out, syncs = self.sync_audit(run) if audit else (run(), None)
             self._sync()
             dt = time.perf_counter() - t
+            self.last_cpu_s = time.thread_time() - cpu
             mem = ((torch.cuda.max_memory_allocated(self.device) - self.other_bytes(bench.name)) / 2 ** 30
                    if self.cuda else float("nan"))
             stats = method_stats(model, inputs["input_ids"].shape[1]) if cfg[0] not in ("vanilla", "eager") else {}
@@ -475,13 +486,14 @@ class Runner:
                 self.round_ids.setdefault(key, []).append((label, r))
                 self.mems.setdefault(key, []).append(mem)
                 self.gc_full.setdefault(key, []).append(round(1e3 * self.gc.seconds.get(2, 0.0), 1))
+                self.cpu_times.setdefault(key, []).append(self.last_cpu_s)
                 if stats:
                     self.stats[key] = stats
                 if cfg[0] == "vanilla":
                     self.step_est[(name, batch)] = statistics.median(self.times[key])
                 log(f"run{r} {name} b{batch} {cfg[0]:<11} {cfg[1]:<6} {dt:6.2f}s "
                     f"{batch * args.new_tokens / dt:8.1f} tok/s  peak {mem:6.2f} GiB  slow launches {slow}  "
-                    f"full gc {self.gc_full[key][-1]} ms")
+                    f"full gc {self.gc_full[key][-1]} ms  cpu {self.last_cpu_s:.2f}s")
                 self.write()
 
     def profile(self, bench, batch, cfg, new_tokens=16):
@@ -554,6 +566,7 @@ class Runner:
                    "discarded_s": [round(t, 3) for t in self.discarded.get(key, [])],
                    "slow_launches": self.slow_launches.get(key, []),
                    "gc_full_ms": self.gc_full.get(key, []),
+                   "cpu_times_s": [round(t, 3) for t in self.cpu_times.get(key, [])],
                    "prompt_tokens": bench.prompt_len, "image_tokens": bench.n_image_tokens,
                    "new_tokens": self.args.new_tokens}
             if van:
@@ -563,6 +576,9 @@ class Runner:
                 pairs = [van_by_round[rid] / t for rid, t in zip(self.round_ids[key], ts) if rid in van_by_round]
                 rec["ratio_paired"] = round(statistics.median(pairs), 4) if pairs else None
                 rec["ratio_fastest"] = round(min(van) / min(ts), 4)
+                van_cpu, cpu = self.cpu_times.get((model, batch, "vanilla", "sdpa")), self.cpu_times.get(key)
+                if van_cpu and cpu:  # host work only: a reading of the patch's host cost that the host's load moves less
+                    rec["cpu_ratio"] = round(statistics.median(van_cpu) / statistics.median(cpu), 4)
             if backend == "triton" and rec["ratio"] is not None:
                 bar = BARS.get(method, BARS["default"])
                 rec["bar"] = bar
@@ -617,15 +633,17 @@ class Runner:
                  f"{self.args.new_tokens} new tokens forced, greedy; medians of the timed runs (rounds alternate "
                  "order); tokens/s = batch x new tokens / generate wall time (prefill included); `ratio` = ratio "
                  "of the medians (the bars), `paired` = median over rounds of each round's ratio, `fastest` = "
-                 "fastest vanilla / fastest run; peak = max_memory_allocated (weights included)",
+                 "fastest vanilla / fastest run, `cpu` = ratio of the medians of the launching thread's CPU time (host work "
+                 "and spinning waits, not the time the thread was off its core); peak = max_memory_allocated (weights "
+                 "included)",
                  f"- bars (triton backend): tokens/s ratio >= {BARS['default']} ({BARS['vhr_exact']} for vhr_exact), "
                  f"peak memory <= {MEM_BAR:.2f} x vanilla; `all` = VAR + VHR fused + dual-stream", ""]
         for name, b in self.benches.items():
             lines.append(f"- {name}: {b.info.get('text')}; {b.info.get('vision')}; {b.n_image_tokens} image tokens, "
                          f"prompt {b.prompt_len} tokens; VAR sink dims {list(b.sink_dims)}, tau {b.var_tau:.3f}")
-        lines += ["", "| model | batch | method | backend | tok/s | vanilla tok/s | ratio | paired | fastest | peak GiB | "
+        lines += ["", "| model | batch | method | backend | tok/s | vanilla tok/s | ratio | paired | fastest | cpu | peak GiB | "
                   "vanilla GiB | mem ratio | bars | n | selected |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in recs:
             bars = ""
             if "meets_speed_bar" in r:
@@ -645,7 +663,8 @@ class Runner:
 
             lines.append(f"| {r['model']} | {r['batch']} | {r['method']} | {r['backend']} | {r['tokens_per_s']:.1f} | "
                          f"{num(r['vanilla_tokens_per_s'], '.1f')} | {ratio} | {num(r.get('ratio_paired'), '.3f')} | "
-                         f"{num(r.get('ratio_fastest'), '.3f')} | {num(r['peak_mem_gb'], '.2f')} | "
+                         f"{num(r.get('ratio_fastest'), '.3f')} | {num(r.get('cpu_ratio'), '.3f')} | "
+                         f"{num(r['peak_mem_gb'], '.2f')} | "
                          f"{num(r['vanilla_peak_mem_gb'], '.2f')} | {mr} | {bars} | {r['n_repeats']} | "
                          f"{'; '.join(sel)} |")
         synced = [r for r in recs if "warmup_syncs" in r]

@@ -123,9 +123,10 @@ DECODE_RECIPES = True
 _decode_recipes: dict = {}  # signature -> DecodeRecipe, oldest first; cleared with the plans
 # A signature holds the key count, which grows by one every decode step, so a recipe is replayed only by the other
 # layers of its own step. Keeping the last _MAX_RECIPES (a few steps' worth: 4 signatures a step with every method,
-# times sliding-window layers and devices) lets recipes die young. A table that piled up a step's recipes (~20 Python
-# objects each) until a clear sent them into the collector's oldest generation and set off full collections: 183 ms
-# each for a process holding a model on the CPU, one every few generates (benchmarks/results/gc_recipes_cpu.md).
+# times sliding-window layers and devices) lets recipes die young. A table that piled up every step's recipes (~21
+# Python objects each) until it was cleared pushed them through the collector's generations: 13.6 young collections
+# a generate instead of vanilla's 0.4, and full collections, which walk every object of the process (192 ms on the
+# CPU, 304 ms on the H200's host) (benchmarks/results/gc_recipes_cpu.md).
 _MAX_RECIPES = 64
 _SPLIT_KEYS = frozenset(("min_keys", "keys_per_split", "waves", "busy_keys_per_split", "busy_waves", "max_splits"))
 _LAUNCH_CHOICES = ("CONFIGS", "DECODE_SPLIT", "VAR_LAUNCH", "FUSED_COMBINE", "DECODE_PREFETCH_CLS",
