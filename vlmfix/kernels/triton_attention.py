@@ -376,8 +376,8 @@ def _remember(sig, inputs, grid, args, constexprs, options, mask_u8):
             return
     recipe = DecodeRecipe(grid, args, constexprs, options, tuple(slots), fixed, tuple(out.shape), out.dtype,
                           out.device, _decode_launch)
-    if len(_decode_recipes) >= _MAX_RECIPES:
-        del _decode_recipes[next(iter(_decode_recipes))]
+    if len(_decode_recipes) >= _MAX_RECIPES:  # (pop with a default: two threads may both evict the same oldest one)
+        _decode_recipes.pop(next(iter(_decode_recipes), None), None)
     _decode_recipes[sig] = recipe
 
 
