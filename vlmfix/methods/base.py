@@ -27,3 +27,22 @@ class MethodRuntime:
 
     def contribute(self, call) -> None:
         raise NotImplementedError
+
+
+class PerHeadTable:
+    """A constant table for the (batch row, head) pairs of an attention call's queries, made again only when the batch,
+    the head count or the device change: it is looked up in every layer call of every decode step, where a tuple
+    compare is the whole cost. ``make(query)`` builds it."""
+
+    def __init__(self, make):
+        self._make = make
+        self._table = None
+        self._made_for = None  # (batch, heads, device index)
+
+    def __call__(self, query):
+        shape = query.shape
+        where = (shape[0], shape[1], query.get_device())
+        if where != self._made_for:
+            self._table = self._make(query)
+            self._made_for = where
+        return self._table

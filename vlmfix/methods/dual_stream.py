@@ -16,7 +16,7 @@ import torch
 from ..heads import cls_attention, local_tokens, received_attention, summary_tokens
 from ..kernels import LOCAL, NUM_CLASSES, SUMMARY, VISUAL
 from ..patches.attention_fn import VISION_ATTR, AttrRemover
-from .base import MethodRuntime
+from .base import MethodRuntime, PerHeadTable
 
 
 class DualStreamRuntime(MethodRuntime):
@@ -27,8 +27,7 @@ class DualStreamRuntime(MethodRuntime):
         self.scores = {"local": [], "summary": []}
         self.used_scores = None  # the scores behind the last selection, for forwards that skip the tower
         self.bits: torch.Tensor | None = None
-        self._amp = None
-        self._amp_for = None  # (batch, heads, device index) that _amp was made for
+        self._amp = PerHeadTable(self._amp_table)
 
     def install(self, session):
         modules = self.adapter.vision_attention_modules()
@@ -94,19 +93,14 @@ class DualStreamRuntime(MethodRuntime):
         seq.classes = seq.classes | self.bits
 
     def _amp_table(self, query):
-        """The (B, H, 16) emphasis table for ``query``'s batch, heads and device, made once for each."""
-        shape = query.shape
-        where = (shape[0], shape[1], query.get_device())
-        if where != self._amp_for:
-            table = torch.zeros(NUM_CLASSES, dtype=torch.float32)
-            for c in range(NUM_CLASSES):
-                if c & VISUAL and c & LOCAL:
-                    table[c] = self.cfg.alpha
-                elif c & VISUAL and c & SUMMARY:
-                    table[c] = self.cfg.beta
-            self._amp = table.to(query.device).expand(shape[0], shape[1], NUM_CLASSES).contiguous()
-            self._amp_for = where
-        return self._amp
+        """The (B, H, 16) emphasis table for ``query``'s batch and heads, on its device."""
+        table = torch.zeros(NUM_CLASSES, dtype=torch.float32)
+        for c in range(NUM_CLASSES):
+            if c & VISUAL and c & LOCAL:
+                table[c] = self.cfg.alpha
+            elif c & VISUAL and c & SUMMARY:
+                table[c] = self.cfg.beta
+        return table.to(query.device).expand(query.shape[0], query.shape[1], NUM_CLASSES).contiguous()
 
     def contribute(self, call):
         kv_len = call.key.shape[2]
@@ -117,7 +111,7 @@ class DualStreamRuntime(MethodRuntime):
             classes = call.session.seq.classes
             call.classes = classes if classes.shape[1] == kv_len else classes[:, -kv_len:]
         call.params.key_class = call.classes
-        call.params.amp = self._amp_table(call.query)
+        call.params.amp = self._amp(call.query)
         seq = call.session.seq
         # the prompt's last row and every generated token's row, in this call's key indices (sliding caches crop)
         call.params.amp_start = seq.prompt_len - 1 - (seq.length - kv_len)

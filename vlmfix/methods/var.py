@@ -18,7 +18,7 @@ import torch
 from ..heads import SinkBitWriter, detect_sinks, find_sink_dims, known_sink_dims
 from ..kernels import SINK, VISUAL
 from ..kernels.reference import SinkBits
-from .base import MethodRuntime
+from .base import MethodRuntime, PerHeadTable
 
 
 class VarRuntime(MethodRuntime):
@@ -35,8 +35,8 @@ class VarRuntime(MethodRuntime):
         self._sink_bits: dict[int, torch.Tensor] = {}
         self._sink_len: dict[int, int] = {}
         self._warned = False
-        self._var_p = None
-        self._var_p_for = None  # (batch, heads, device index) that _var_p was made for
+        self._var_p = PerHeadTable(lambda query: torch.full(query.shape[:2], cfg.moved_fraction, dtype=torch.float32,
+                                                            device=query.device))
         # the sink test with its device tensors (channels, bit values) per (device, width, dims): no host copy per
         # call, also when the layers of a model sit on several devices
         self._writers: dict[tuple, SinkBitWriter] = {}
@@ -135,14 +135,7 @@ class VarRuntime(MethodRuntime):
             return
         kv_len = call.key.shape[2]
         first = self._sink_len[call.layer] - kv_len
-        query = call.query
-        shape = query.shape
-        where = (shape[0], shape[1], query.get_device())
-        var_p = self._var_p
-        if where != self._var_p_for:
-            var_p = self._var_p = torch.full(shape[:2], self.cfg.moved_fraction, dtype=torch.float32,
-                                             device=query.device)
-            self._var_p_for = where
+        var_p = self._var_p(call.query)
         if self.cfg.compat:  # the official code leaves a layer alone in a sample without any visual sink
             call.classes = call.classes | bits[:, first:first + kv_len]
             has_visual_sink = ((call.classes & (SINK | VISUAL)) == (SINK | VISUAL)).any(dim=1)
