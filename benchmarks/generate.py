@@ -335,7 +335,6 @@ class Runner:
         # key -> per timed run, CPU time of this (the launching) thread: the host's own work plus any spinning wait on
         # the GPU, without the time the thread was not running (another process or virtual machine had the core)
         self.cpu_times: dict = {}
-        self.last_cpu_s = None
 
     # -- one configuration ---------------------------------------------------------------------------------------
     def _sync(self):
@@ -379,7 +378,8 @@ class Runner:
             out, syncs = self.sync_audit(run) if audit else (run(), None)
             self._sync()
             dt = time.perf_counter() - t
-            self.last_cpu_s = time.thread_time() - cpu
+            cpu = time.thread_time() - cpu
+            full_gc_ms = round(1e3 * self.gc.seconds.get(2, 0.0), 1)
             mem = ((torch.cuda.max_memory_allocated(self.device) - self.other_bytes(bench.name)) / 2 ** 30
                    if self.cuda else float("nan"))
             stats = method_stats(model, inputs["input_ids"].shape[1]) if cfg[0] not in ("vanilla", "eager") else {}
@@ -388,7 +388,7 @@ class Runner:
         got = out.shape[1] - inputs["input_ids"].shape[1]
         if got != new_tokens:
             raise RuntimeError(f"{cfg}: generated {got} tokens, expected {new_tokens}")
-        return dt, mem, stats, syncs
+        return dt, mem, stats, syncs, cpu, full_gc_ms
 
     def other_bytes(self, name):
         """Bytes held by the other resident benchmark models (their weights stay allocated and untouched)."""
@@ -447,7 +447,7 @@ class Runner:
         ok = []
         for cfg in cfgs:
             try:
-                dt, _, stats, syncs = self.generate(bench, inputs, cfg, warm_tokens, audit=True)
+                dt, _, stats, syncs, _, _ = self.generate(bench, inputs, cfg, warm_tokens, audit=True)
             except Exception as exc:  # keep measuring the others; the failure is reported
                 self.fail(name, batch, cfg, exc)
                 continue
@@ -471,7 +471,7 @@ class Runner:
                     return
                 plans = direct_launch_plans()
                 try:
-                    dt, mem, stats, _ = self.generate(bench, inputs, cfg, args.new_tokens)
+                    dt, mem, stats, _, cpu, full_gc_ms = self.generate(bench, inputs, cfg, args.new_tokens)
                 except Exception as exc:
                     self.fail(name, batch, cfg, exc)
                     continue
@@ -485,15 +485,15 @@ class Runner:
                 self.slow_launches.setdefault(key, []).append(slow)
                 self.round_ids.setdefault(key, []).append((label, r))
                 self.mems.setdefault(key, []).append(mem)
-                self.gc_full.setdefault(key, []).append(round(1e3 * self.gc.seconds.get(2, 0.0), 1))
-                self.cpu_times.setdefault(key, []).append(self.last_cpu_s)
+                self.gc_full.setdefault(key, []).append(full_gc_ms)
+                self.cpu_times.setdefault(key, []).append(cpu)
                 if stats:
                     self.stats[key] = stats
                 if cfg[0] == "vanilla":
                     self.step_est[(name, batch)] = statistics.median(self.times[key])
                 log(f"run{r} {name} b{batch} {cfg[0]:<11} {cfg[1]:<6} {dt:6.2f}s "
                     f"{batch * args.new_tokens / dt:8.1f} tok/s  peak {mem:6.2f} GiB  slow launches {slow}  "
-                    f"full gc {self.gc_full[key][-1]} ms  cpu {self.last_cpu_s:.2f}s")
+                    f"full gc {full_gc_ms} ms  cpu {cpu:.2f}s")
                 self.write()
 
     def profile(self, bench, batch, cfg, new_tokens=16):
@@ -577,7 +577,7 @@ class Runner:
                 rec["ratio_paired"] = round(statistics.median(pairs), 4) if pairs else None
                 rec["ratio_fastest"] = round(min(van) / min(ts), 4)
                 van_cpu, cpu = self.cpu_times.get((model, batch, "vanilla", "sdpa")), self.cpu_times.get(key)
-                if van_cpu and cpu:  # host work only: a reading of the patch's host cost that the host's load moves less
+                if van_cpu and cpu:  # differs from `ratio` only where the thread was off its core (another load had it)
                     rec["cpu_ratio"] = round(statistics.median(van_cpu) / statistics.median(cpu), 4)
             if backend == "triton" and rec["ratio"] is not None:
                 bar = BARS.get(method, BARS["default"])
