@@ -163,7 +163,7 @@ def triton_host_only():
         def __call__(self, grid, args, constexprs, options):
             return self.direct.key(args, constexprs, options)
 
-        def runner_for(self, grid, args, constexprs, options):
+        def runner(self, compiled, grid, constexprs):
             return (lambda *flat: None), tuple(constexprs.values())
 
     def keyed(direct):

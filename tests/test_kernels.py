@@ -616,10 +616,10 @@ class RecordingLaunch:
     def __call__(self, grid, args, constexprs, options):
         self.log.append(("full", grid, args, constexprs, options))
 
-    def runner_for(self, grid, args, constexprs, options):
-        def runner(*flat):
+    def runner(self, compiled, grid, constexprs):
+        def run(*flat):
             self.log.append(("direct", grid, flat))
-        return runner, tuple(constexprs.values())  # (a compiled kernel takes them in parameter order)
+        return run, tuple(constexprs.values())  # (a compiled kernel takes them in parameter order)
 
 
 _CHANNELS = torch.tensor((3, 17))

@@ -277,3 +277,32 @@ def test_every_launch_of_the_wrapper_matches_its_kernels_signature(monkeypatch):
             if entry[0] == "direct":
                 lead = [a for a in entry[2] if isinstance(a, torch.Tensor)]
                 assert not lead, (name, "tensors reached the compiled launcher")
+
+
+def test_a_launch_hands_out_its_compiled_kernel_only_where_calls_launch_directly_from_now_on():
+    """What a decode recipe binds (``runner``): the compiled kernel a launch of its own arguments returned, called
+    with the leading tensors as addresses and the constexprs in parameter order, exactly as a direct launch calls it.
+    Nothing where the launch only compiled, took Triton's path uncached, or the direct path was given up."""
+    fn = FakeJit()
+    launch = DirectLaunch(fn, enabled=True)
+    x = torch.zeros(64)
+    call = ((2, 1, 1), (x, 32, 0.5), {"FLAG": True, "BLOCK": 16}, {"num_warps": 4})
+    first = launch(*call)
+    assert isinstance(first, FakeCompiled) and launch(*call) is first  # the plan's kernel, first and direct call
+    run, consts = launch.runner(first, (2, 1, 1), call[2])
+    assert consts == (16, True)
+    run(x.data_ptr(), 32, 0.5, *consts)
+    assert fn.log[-1] == fn.log[-2] == ("direct", (2, 1, 1), (x.data_ptr(), 32, 0.5, 16, True))
+
+    launch.compile_only = True
+    assert launch(*call) is None and launch.runner(first, (2, 1, 1), call[2]) is None
+    launch.compile_only = False
+    assert launch((1, 1, 1), (None, 32, 0.5), {"BLOCK": 16, "FLAG": False}, {}) is None  # not a tensor: uncached
+    assert launch.runner(None, (2, 1, 1), call[2]) is None
+    assert DirectLaunch(FakeJit(), enabled=False)(*call) is None  # the interpreter
+
+    failing = DirectLaunch(FakeJit(fail_direct=True), enabled=True)
+    compiled = failing(*call)
+    with pytest.warns(RuntimeWarning):
+        assert failing(*call) is None
+    assert failing.runner(compiled, (2, 1, 1), call[2]) is None

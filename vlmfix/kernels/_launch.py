@@ -73,10 +73,14 @@ class DirectLaunch:
                  tuple(options.items())), ptrs)
 
     def __call__(self, grid, args: tuple, constexprs: dict, options: dict):
+        """Launches; returns the compiled kernel where this call's signature launches directly from now on (what
+        ``runner`` hands a decode recipe), None where it took Triton's path for good or only compiled."""
         if self.compile_only:
-            return self.fn.warmup(*args, grid=grid, **constexprs, **options)
+            self.fn.warmup(*args, grid=grid, **constexprs, **options)
+            return None
         if not self.enabled:
-            return self.fn[grid](*args, **constexprs, **options)
+            self.fn[grid](*args, **constexprs, **options)
+            return None
         if len(args) != self.n_runtime:
             raise TypeError(f"{self.fn.__name__} takes {self.n_runtime} runtime arguments, got {len(args)}")
         if len(grid) != 3:
@@ -84,7 +88,8 @@ class DirectLaunch:
         try:
             key, ptrs = self.key(args, constexprs, options)
         except AttributeError:  # not a tensor where the first call had one: Triton's path, uncached
-            return self.fn[grid](*args, **constexprs, **options)
+            self.fn[grid](*args, **constexprs, **options)
+            return None
         plan = self._plans.get(key)
         if plan is None:
             compiled = self.fn[grid](*args, **constexprs, **options)
@@ -95,24 +100,19 @@ class DirectLaunch:
             compiled[grid](*ptrs, *args[len(ptrs):], *consts)
         except Exception as exc:  # an unexpected launcher of this Triton version: Triton's own path from now on
             self.give_up(exc)
-            return self.fn[grid](*args, **constexprs, **options)
+            self.fn[grid](*args, **constexprs, **options)
+            return None
         return compiled
 
-    def runner_for(self, grid, args: tuple, constexprs: dict, options: dict):
-        """(the compiled kernel's launcher for ``grid``, the constexpr values in parameter order) that a call with these
-        arguments would launch directly, or None where it would take Triton's path. The launcher takes the leading
-        tensors as addresses, then the other arguments, then the constexprs (``_recipes.DecodeRecipe``)."""
-        if not self.enabled or self.compile_only:
+    def runner(self, compiled, grid, constexprs: dict):
+        """(``compiled``'s launcher for ``grid``, the constexpr values in parameter order), for a decode recipe
+        (``_recipes.DecodeRecipe``) to call with the leading tensors as addresses, then the other arguments, then the
+        constexprs; None where ``compiled`` is (a launch that did not launch directly) or direct launches stopped.
+        ``compiled`` is what a launch of the recipe's own arguments returned: the kernel keyed on exactly them, so no
+        second key is derived."""
+        if compiled is None or not self.enabled or self.compile_only:
             return None
-        try:
-            key, _ = self.key(args, constexprs, options)
-        except AttributeError:
-            return None
-        plan = self._plans.get(key)
-        if plan is None:
-            return None
-        compiled, consts = plan
-        return compiled[grid], consts
+        return compiled[grid], tuple([constexprs[n] for n in self.constexpr_names])
 
     def give_up(self, exc: Exception):
         """Launches through Triton's own path from now on, after the direct launch raised ``exc``."""

@@ -60,27 +60,30 @@ class DecodeRecipe:
     """One recorded decode launch: the arguments, where each tensor slot's address comes from, the output's shape, and
     (once the launcher has a compiled kernel for it) the compiled kernel's launcher with the constexpr tail."""
 
-    __slots__ = ("grid", "args", "constexprs", "options", "slots", "fixed", "fixed_addr", "out_shape", "dtype",
-                 "device", "launch", "runner", "tail")
+    __slots__ = ("grid", "args", "constexprs", "options", "slots", "pick", "fixed", "fixed_addr", "out_shape",
+                 "dtype", "device", "launch", "runner", "tail")
 
-    def __init__(self, grid, args, constexprs, options, slots, fixed, out_shape, dtype, device, launch):
+    def __init__(self, grid, args, constexprs, options, slots, fixed, out_shape, dtype, device, launch, compiled):
         """``args``: the recorded launch's arguments; ``slots``: per leading tensor argument, an index into the inputs,
-        the output, then ``fixed``. Binds the compiled kernel ``launch`` (a ``DirectLaunch``) has for these arguments,
-        if it has one, then forgets the call's own tensors: a recipe must not keep a step's cache alive."""
+        the output, then ``fixed``; ``compiled``: what ``launch`` (a ``DirectLaunch``) returned for ``args``. Binds
+        that compiled kernel, if there is one, then forgets the call's own tensors: a recipe must not keep a step's
+        cache alive."""
         self.grid, self.constexprs, self.options = grid, constexprs, options
         self.slots = slots
+        self.pick = operator.itemgetter(*slots)  # (the addresses in argument order; slots has one entry per tensor)
         self.fixed = fixed  # tensors the launch uses that are not call inputs (kept alive here)
         self.fixed_addr = [t.data_ptr() for t in fixed]
         self.out_shape, self.dtype, self.device = out_shape, dtype, device
         self.launch = self.runner = self.tail = None
-        self.bind(launch, args)
-        self.args = tuple(None if i < len(slots) and slots[i] <= OUT else a for i, a in enumerate(args))
+        self.bind(launch, compiled, args)
+        self.args = (*[None if j <= OUT else a for j, a in zip(slots, args)], *args[len(slots):])
 
-    def bind(self, launch, args):
-        """Takes the compiled kernel ``launch`` has for ``args`` (a launch of this recipe with a call's tensors), if it
-        has one (none: Triton's interpreter, a launcher in compile-only mode, a test's spy)."""
-        runner_for = getattr(launch, "runner_for", None)
-        found = runner_for(self.grid, args, self.constexprs, self.options) if runner_for else None
+    def bind(self, launch, compiled, args):
+        """Takes ``compiled``, what ``launch`` returned for ``args`` (a launch of this recipe with a call's tensors), if
+        the launcher hands it out for direct calls (it does not: Triton's interpreter, compile-only mode, a launcher
+        that gave the direct path up, a test's spy without ``runner``)."""
+        runner = getattr(launch, "runner", None)
+        found = runner(compiled, self.grid, self.constexprs) if runner is not None else None
         if found is not None:
             self.launch, (self.runner, consts) = launch, found
             self.tail = (*args[len(self.slots):], *consts)
@@ -97,9 +100,9 @@ class DecodeRecipe:
                     t = every[j]
                     args[i] = t.view(torch.uint8) if t.dtype == torch.bool else t
             args = tuple(args)
-            launch(self.grid, args, self.constexprs, self.options)
-            if self.launch is None and not getattr(launch, "compile_only", True):
-                self.bind(launch, args)  # (a recipe made in compile-only mode finds its kernel at its first launch)
+            compiled = launch(self.grid, args, self.constexprs, self.options)
+            if self.launch is None:
+                self.bind(launch, compiled, args)  # (a recipe made in compile-only mode finds its kernel here)
             return out
         if not launch.enabled or launch.compile_only:
             return None
@@ -110,7 +113,7 @@ class DecodeRecipe:
         addr.append(out.data_ptr())
         addr += self.fixed_addr
         try:
-            self.runner(*[addr[j] for j in self.slots], *self.tail)
+            self.runner(*self.pick(addr), *self.tail)
         except Exception as exc:  # an unexpected launcher: the full path (Triton's own launch) from now on
             launch.give_up(exc)
             return None

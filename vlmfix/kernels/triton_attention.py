@@ -352,10 +352,11 @@ def _sink_bit_args(sb, n: int, dummy: torch.Tensor) -> tuple:
             float(sb.threshold), float(sb.eps_norm) ** 2, True, bool(sb.strict))
 
 
-def _remember(sig, inputs, grid, args, constexprs, options, mask_u8):
+def _remember(sig, inputs, grid, args, constexprs, options, mask_u8, compiled):
     """Keeps the decode launch just made as the recipe of its signature, if it used its inputs as they came (see
     ``_recipes.py``): each leading tensor is its own input, the query standing in for an absent one, the output, or a
-    fixed tensor of this module (workspace, counters, channel list); every address 16-byte aligned."""
+    fixed tensor of this module (workspace, counters, channel list); every address 16-byte aligned. ``compiled`` is
+    what the launch returned (``DirectLaunch.__call__``): the recipe calls it directly."""
     q, out = inputs[Q], args[3]
     everything = [*inputs, out]
     slots, fixed = [], []
@@ -375,7 +376,7 @@ def _remember(sig, inputs, grid, args, constexprs, options, mask_u8):
         else:  # an input replaced by a copy or a conversion: a replay would read the input itself
             return
     recipe = DecodeRecipe(grid, args, constexprs, options, tuple(slots), fixed, tuple(out.shape), out.dtype,
-                          out.device, _decode_launch)
+                          out.device, _decode_launch, compiled)
     if len(_decode_recipes) >= _MAX_RECIPES:  # (pop with a default: two threads may both evict the same oldest one)
         _decode_recipes.pop(next(iter(_decode_recipes), None), None)
     _decode_recipes[sig] = recipe
@@ -505,9 +506,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
                           TEST_NEW=test_new, STRICT=strict, BLOCK_HID=_pow2(hid_d) if test_new else 16,
                           BLOCK_CH=max(2, _pow2(n_ch)) if test_new else 2,
                           PREFETCH_CLS=DECODE_PREFETCH_CLS and load_cls_any, **common, **blocks)
-        _decode_launch(grid, args, constexprs, options)
+        compiled = _decode_launch(grid, args, constexprs, options)
         if sig is not None and (fused or splits == 1):
-            _remember(sig, inputs, grid, args, constexprs, options, mask_u8 if mask is not None else None)
+            _remember(sig, inputs, grid, args, constexprs, options, mask_u8 if mask is not None else None, compiled)
         if splits > 1 and not fused:
             _combine_launch(
                 (bsz * hq, 1, 1),
