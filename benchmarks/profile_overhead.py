@@ -6,7 +6,8 @@
 A tiny-but-deep LLaVA (CLIP 2 x 32 + a Llama of ``--layers`` x ``--hidden``, fp32, CPU) makes the arithmetic
 negligible, so what is timed is the Python and dispatcher work per step, the part that dominates a batch-1 ``generate``
 of a 7B model on a fast GPU. Decode-step time = (generate of ``--steps`` new tokens - generate of 1) / (steps - 1),
-so prefill and the fixed costs of ``generate`` cancel; timed as CPU time of the (single) torch thread, so other load
+so prefill and the fixed costs of ``generate`` cancel (the 1-token generate's own time, the fastest of the rounds, is
+reported beside it: prefill, one step and those fixed costs); timed as CPU time of the (single) torch thread, so other load
 on the machine does not count; ``--repeats`` rounds of alternating order, reported as the minimum and the median.
 Beside the times, ATen ops per decode step are counted at the dispatcher (a load-independent number: on a GPU each
 non-view op is one kernel launch).
@@ -225,10 +226,11 @@ def gen(model, inputs, n):
 
 
 def step_time(model, inputs, cfg, steps, sink_dims, tau):
+    """(seconds per decode step, the output, seconds of the 1-token generate: prefill and generate's fixed costs)."""
     with configured(model, cfg, sink_dims, tau):
         t1, _ = gen(model, inputs, 1)
         tn, out = gen(model, inputs, steps)
-    return (tn - t1) / (steps - 1), out
+    return (tn - t1) / (steps - 1), out, t1
 
 
 # ops that only make a new view (no kernel launch on a GPU, but still a dispatcher round trip on the host)
@@ -509,29 +511,35 @@ def main(argv=None):
     for cfg in cfgs:  # warm-up
         step_time(model, inputs, cfg, 4, dims, tau)
     times = {c: [] for c in cfgs}
+    firsts = {c: [] for c in cfgs}  # the 1-token generates: prefill (+ one step and generate's fixed costs)
     wrapper = {c: [0.0, 0] for c in cfgs}  # +tstub: host time inside the Triton wrapper, calls
     for r in range(args.repeats):
         for cfg in (cfgs if r % 2 == 0 else cfgs[::-1]):
             s0, c0 = TSTUB_WRAPPER["s"], TSTUB_WRAPPER["calls"]
-            times[cfg].append(step_time(model, inputs, cfg, args.steps, dims, tau)[0])
+            per_step, _, first = step_time(model, inputs, cfg, args.steps, dims, tau)
+            times[cfg].append(per_step)
+            firsts[cfg].append(first)
             wrapper[cfg][0] += TSTUB_WRAPPER["s"] - s0
             wrapper[cfg][1] += TSTUB_WRAPPER["calls"] - c0
     # CPU time of this thread; on a shared machine the minimum over rounds is the least disturbed estimate of a fixed
     # host cost, the median is given beside it.
     van, van_med = min(times["vanilla"]), statistics.median(times["vanilla"])
     rows = []
-    print(f"\n{'config':<18} {'ms/step':>8} {'+us/step':>9} {'+us/layer':>10} {'median ms':>10} {'+us/layer':>10}")
+    print(f"\n{'config':<18} {'ms/step':>8} {'+us/step':>9} {'+us/layer':>10} {'median ms':>10} {'+us/layer':>10} "
+          f"{'1-token ms':>10}")
     for cfg in cfgs:
         best, med = min(times[cfg]), statistics.median(times[cfg])
         rows.append({"config": cfg, "ms_per_step": round(best * 1e3, 3),
                      "extra_us_per_step": round((best - van) * 1e6, 1),
                      "extra_us_per_layer": round((best - van) * 1e6 / n, 1), "median_ms_per_step": round(med * 1e3, 3),
                      "median_extra_us_per_layer": round((med - van_med) * 1e6 / n, 1),
-                     "all_ms": [round(t * 1e3, 3) for t in times[cfg]]})
+                     "all_ms": [round(t * 1e3, 3) for t in times[cfg]],
+                     "first_token_ms": round(min(firsts[cfg]) * 1e3, 2),
+                     "first_token_all_ms": [round(t * 1e3, 2) for t in firsts[cfg]]})
         if wrapper[cfg][1]:
             rows[-1]["triton_wrapper_us_per_call"] = round(wrapper[cfg][0] / wrapper[cfg][1] * 1e6, 2)
         print(f"{cfg:<18} {best * 1e3:8.2f} {(best - van) * 1e6:9.0f} {(best - van) * 1e6 / n:10.1f} "
-              f"{med * 1e3:10.2f} {(med - van_med) * 1e6 / n:10.1f}"
+              f"{med * 1e3:10.2f} {(med - van_med) * 1e6 / n:10.1f} {min(firsts[cfg]) * 1e3:10.2f}"
               + (f"   Triton wrapper {rows[-1]['triton_wrapper_us_per_call']} us/call"
                  if "triton_wrapper_us_per_call" in rows[-1] else ""))
     # dispatcher ops per decode step: a load-independent count; on a GPU every non-view op is a kernel launch
