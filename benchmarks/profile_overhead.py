@@ -164,8 +164,8 @@ def triton_host_only():
         def __call__(self, grid, args, constexprs, options):
             return self.direct.key(args, constexprs, options)
 
-        def runner(self, compiled, grid, constexprs):
-            return (lambda *flat: None), tuple(constexprs.values())
+        def runner(self, compiled, grid, constexprs, device):
+            return (lambda *flat: None), tuple(constexprs.values()), None
 
     def keyed(direct):
         return Keyed(direct)
@@ -430,10 +430,11 @@ def micro_gpu(device, hidden_size=4096, heads=32, kv_len=704, batch=1, n=2000):
         pieces["triton_var"]()
     direct, (grid, args, constexprs, options) = seen[-1]
     key, ptrs = direct.key(args, constexprs, options)
-    compiled, consts = direct._plans[key]
+    compiled, consts, stream = direct._plans[key]
     rest = args[len(ptrs):]
     pieces["launcher_tensor_args"] = lambda: compiled[grid](*args, *consts)
     pieces["launcher_address_args"] = lambda: compiled[grid](*ptrs, *rest, *consts)
+    pieces["launcher_address_args_stream_given"] = lambda: compiled[grid](*ptrs, *rest, *consts, stream=stream())
     out = {}
     for name, fn in pieces.items():
         out[name] = best_us_per_call(fn, n)

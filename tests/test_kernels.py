@@ -616,10 +616,10 @@ class RecordingLaunch:
     def __call__(self, grid, args, constexprs, options):
         self.log.append(("full", grid, args, constexprs, options))
 
-    def runner(self, compiled, grid, constexprs):
+    def runner(self, compiled, grid, constexprs, device):
         def run(*flat):
             self.log.append(("direct", grid, flat))
-        return run, tuple(constexprs.values())  # (a compiled kernel takes them in parameter order)
+        return run, tuple(constexprs.values()), None  # (a compiled kernel takes them in parameter order)
 
 
 _CHANNELS = torch.tensor((3, 17))

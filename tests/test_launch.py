@@ -17,11 +17,11 @@ class FakeCompiled:
         self.log, self.fail = log, fail
 
     def __getitem__(self, grid):
-        def runner(*args):
+        def runner(*args, stream=None):
             grid[0], grid[1], grid[2]  # Triton's runner reads three grid entries
             if self.fail:
                 raise TypeError("launcher expects other arguments")
-            self.log.append(("direct", grid, args))
+            self.log.append(("direct", grid, args) if stream is None else ("direct", grid, args, stream))
         return runner
 
 
@@ -289,20 +289,42 @@ def test_a_launch_hands_out_its_compiled_kernel_only_where_calls_launch_directly
     call = ((2, 1, 1), (x, 32, 0.5), {"FLAG": True, "BLOCK": 16}, {"num_warps": 4})
     first = launch(*call)
     assert isinstance(first, FakeCompiled) and launch(*call) is first  # the plan's kernel, first and direct call
-    run, consts = launch.runner(first, (2, 1, 1), call[2])
-    assert consts == (16, True)
+    run, consts, stream = launch.runner(first, (2, 1, 1), call[2], x.get_device())
+    assert consts == (16, True) and stream is None  # (a CPU tensor: no CUDA stream to look up)
     run(x.data_ptr(), 32, 0.5, *consts)
     assert fn.log[-1] == fn.log[-2] == ("direct", (2, 1, 1), (x.data_ptr(), 32, 0.5, 16, True))
 
     launch.compile_only = True
-    assert launch(*call) is None and launch.runner(first, (2, 1, 1), call[2]) is None
+    assert launch(*call) is None and launch.runner(first, (2, 1, 1), call[2], -1) is None
     launch.compile_only = False
     assert launch((1, 1, 1), (None, 32, 0.5), {"BLOCK": 16, "FLAG": False}, {}) is None  # not a tensor: uncached
-    assert launch.runner(None, (2, 1, 1), call[2]) is None
+    assert launch.runner(None, (2, 1, 1), call[2], -1) is None
     assert DirectLaunch(FakeJit(), enabled=False)(*call) is None  # the interpreter
 
     failing = DirectLaunch(FakeJit(fail_direct=True), enabled=True)
     compiled = failing(*call)
     with pytest.warns(RuntimeWarning):
         assert failing(*call) is None
-    assert failing.runner(compiled, (2, 1, 1), call[2]) is None
+    assert failing.runner(compiled, (2, 1, 1), call[2], -1) is None
+
+
+def test_a_gpu_launch_hands_the_runner_the_stream_tritons_driver_looks_up(monkeypatch):
+    """On a GPU the direct launch and a decode recipe pass the runner its stream, looked up through the driver
+    functions Triton's runner would call (the current stream of the current device); on the CPU they pass none."""
+    import triton.runtime
+
+    devices = []
+    driver = SimpleNamespace(active=SimpleNamespace(get_current_device=lambda: devices.append(1) or 1,
+                                                    get_current_stream=lambda device: 7000 + device))
+    monkeypatch.setattr(triton.runtime, "driver", driver)
+    fn = FakeJit()
+    launch = DirectLaunch(fn, enabled=True)
+    x = torch.zeros(64).as_subclass(_OnAnotherDevice)  # (reports GPU 1)
+    call = ((2, 1, 1), (x, 32, 0.5), {"BLOCK": 16, "FLAG": True}, {})
+    compiled = launch(*call)
+    launch(*call)
+    assert fn.log[-1] == ("direct", (2, 1, 1), (x.data_ptr(), 32, 0.5, 16, True), 7001)
+    _, _, stream = launch.runner(compiled, (2, 1, 1), call[2], 1)
+    n_asked = len(devices)
+    assert stream() == 7001 and len(devices) == n_asked + 1  # (the device is asked at each launch)
+    assert launch.runner(compiled, (2, 1, 1), call[2], -1)[2] is None

@@ -32,6 +32,27 @@ import torch
 _Tensor = torch.Tensor
 
 
+def stream_getter(device: int):
+    """``() -> int`` for a launch on the GPU ``device`` (a tensor's ``get_device()``; -1: the CPU, which returns None):
+    the raw stream a compiled kernel's runner launches on when it is given none, the current stream of the current
+    device, through the same driver functions Triton's runner calls. Triton's own lookup goes through
+    ``torch.cuda.current_device``, whose lazy-initialisation check is Python; on a GPU tensor's launch CUDA is
+    initialised, so its C function alone gives the same device (a few us per layer call on a slow host). None where
+    the runner is to look the stream up itself."""
+    if device < 0:
+        return None
+    try:
+        from triton.runtime import driver
+
+        active = driver.active
+        get_stream, get_device = active.get_current_stream, active.get_current_device
+    except Exception:  # no GPU driver (a test's stand-in kernel): the runner looks the stream up itself
+        return None
+    if get_device is torch.cuda.current_device and hasattr(torch._C, "_cuda_getDevice"):
+        get_device = torch._C._cuda_getDevice
+    return lambda: get_stream(get_device())
+
+
 def specialisation(args: tuple) -> tuple:
     """What Triton's compiled-kernel choice can depend on, per runtime argument (2 for an integer 1, which must not
     compare equal to the True of a multiple of 16)."""
@@ -93,26 +114,30 @@ class DirectLaunch:
         plan = self._plans.get(key)
         if plan is None:
             compiled = self.fn[grid](*args, **constexprs, **options)
-            self._plans[key] = (compiled, tuple(constexprs[n] for n in self.constexpr_names))
+            self._plans[key] = (compiled, tuple(constexprs[n] for n in self.constexpr_names),
+                                stream_getter(args[0].get_device() if ptrs else -1))
             return compiled
-        compiled, consts = plan
+        compiled, consts, stream = plan
         try:
-            compiled[grid](*ptrs, *args[len(ptrs):], *consts)
+            if stream is None:
+                compiled[grid](*ptrs, *args[len(ptrs):], *consts)
+            else:
+                compiled[grid](*ptrs, *args[len(ptrs):], *consts, stream=stream())
         except Exception as exc:  # an unexpected launcher of this Triton version: Triton's own path from now on
             self.give_up(exc)
             self.fn[grid](*args, **constexprs, **options)
             return None
         return compiled
 
-    def runner(self, compiled, grid, constexprs: dict):
-        """(``compiled``'s launcher for ``grid``, the constexpr values in parameter order), for a decode recipe
-        (``_recipes.DecodeRecipe``) to call with the leading tensors as addresses, then the other arguments, then the
-        constexprs; None where ``compiled`` is (a launch that did not launch directly) or direct launches stopped.
-        ``compiled`` is what a launch of the recipe's own arguments returned: the kernel keyed on exactly them, so no
-        second key is derived."""
+    def runner(self, compiled, grid, constexprs: dict, device: int):
+        """(``compiled``'s launcher for ``grid``, the constexpr values in parameter order, ``stream_getter(device)``),
+        for a decode recipe (``_recipes.DecodeRecipe``) to call with the leading tensors as addresses, then the other
+        arguments, then the constexprs, and the stream where there is a getter; None where ``compiled`` is (a launch
+        that did not launch directly) or direct launches stopped. ``compiled`` is what a launch of the recipe's own
+        arguments on ``device`` returned: the kernel keyed on exactly them, so no second key is derived."""
         if compiled is None or not self.enabled or self.compile_only:
             return None
-        return compiled[grid], tuple([constexprs[n] for n in self.constexpr_names])
+        return compiled[grid], tuple([constexprs[n] for n in self.constexpr_names]), stream_getter(device)
 
     def give_up(self, exc: Exception):
         """Launches through Triton's own path from now on, after the direct launch raised ``exc``."""

@@ -31,29 +31,29 @@ NATURAL_SLOTS = (Q, K, V, OUT, MASK, CLS, LOG_BIAS, AMP, VAR_P, HEAD_SCALE, None
                  None, None, None, None, BITS, HIDDEN, None)  # workspaces and counters, bits, hidden, channels
 
 
-def _meta(t):
-    return None if t is None else (t.shape, t.stride(), t.dtype, t.get_device())
-
-
 def decode_signature(q, k, v, scale, mask, params) -> tuple[tuple, list]:
     """(the signature of a one-row call, its inputs in recipe order without the output).
 
-    Every value the full path derives the launch from: any change here may change an integer, a constexpr or the
-    compiled kernel. The sink test's channel tensor enters by identity (its values are read by the kernel); a recipe
-    keeps it alive, so its ``id`` cannot be reused while the recipe exists.
+    Every value the full path derives the launch from: each input's shape, strides, dtype and device, and every
+    scalar; any change here may change an integer, a constexpr or the compiled kernel. The sink test's channel tensor
+    enters by identity (its values are read by the kernel); a recipe keeps it alive, so its ``id`` cannot be reused
+    while the recipe exists. (One comprehension over the inputs: this runs in every decode layer call.)
     """
-    sig = [_meta(q), _meta(k), _meta(v), scale, _meta(mask)]
     if params is None:
-        return tuple(sig), [q, k, v, mask, None, None, None, None, None, None, None]
-    cls, lb, amp, var_p, hs, sb = (params.key_class, params.log_bias, params.amp, params.var_p, params.head_scale,
-                                   params.sink_bits)
-    sig += [_meta(cls), _meta(lb), _meta(amp), _meta(var_p), _meta(hs), params.var_rho, params.var_min_mass,
-            params.amp_start]
-    bits = hidden = None
-    if sb is not None:
-        bits, hidden = sb.bits, sb.hidden
-        sig += [_meta(bits), sb.first, _meta(hidden), id(sb.channels), sb.threshold, sb.eps_norm, sb.strict]
-    return tuple(sig), [q, k, v, mask, cls, lb, amp, var_p, hs, bits, hidden]
+        inputs = [q, k, v, mask, None, None, None, None, None, None, None]
+        scalars = (scale,)
+    else:
+        sb = params.sink_bits
+        scalars = (scale, params.var_rho, params.var_min_mass, params.amp_start)
+        if sb is None:
+            bits = hidden = None
+        else:
+            bits, hidden = sb.bits, sb.hidden
+            scalars += (sb.first, id(sb.channels), sb.threshold, sb.eps_norm, sb.strict)
+        inputs = [q, k, v, mask, params.key_class, params.log_bias, params.amp, params.var_p, params.head_scale,
+                  bits, hidden]
+    return (*[None if t is None else (t.shape, t.stride(), t.dtype, t.get_device()) for t in inputs],
+            *scalars), inputs
 
 
 class DecodeRecipe:
@@ -61,7 +61,7 @@ class DecodeRecipe:
     (once the launcher has a compiled kernel for it) the compiled kernel's launcher with the constexpr tail."""
 
     __slots__ = ("grid", "args", "constexprs", "options", "slots", "pick", "fixed", "fixed_addr", "out_shape",
-                 "dtype", "device", "launch", "runner", "tail")
+                 "dtype", "device", "launch", "runner", "tail", "stream")
 
     def __init__(self, grid, args, constexprs, options, slots, fixed, out_shape, dtype, device, launch, compiled):
         """``args``: the recorded launch's arguments; ``slots``: per leading tensor argument, an index into the inputs,
@@ -74,7 +74,7 @@ class DecodeRecipe:
         self.fixed = fixed  # tensors the launch uses that are not call inputs (kept alive here)
         self.fixed_addr = [t.data_ptr() for t in fixed]
         self.out_shape, self.dtype, self.device = out_shape, dtype, device
-        self.launch = self.runner = self.tail = None
+        self.launch = self.runner = self.tail = self.stream = None
         self.bind(launch, compiled, args)
         self.args = (*[None if j <= OUT else a for j, a in zip(slots, args)], *args[len(slots):])
 
@@ -83,9 +83,9 @@ class DecodeRecipe:
         the launcher hands it out for direct calls (it does not: Triton's interpreter, compile-only mode, a launcher
         that gave the direct path up, a test's spy without ``runner``)."""
         runner = getattr(launch, "runner", None)
-        found = runner(compiled, self.grid, self.constexprs) if runner is not None else None
+        found = runner(compiled, self.grid, self.constexprs, args[0].get_device()) if runner is not None else None
         if found is not None:
-            self.launch, (self.runner, consts) = launch, found
+            self.launch, (self.runner, consts, self.stream) = launch, found
             self.tail = (*args[len(self.slots):], *consts)
 
     def replay(self, launch, inputs: list, empty):
@@ -113,7 +113,10 @@ class DecodeRecipe:
         addr.append(out.data_ptr())
         addr += self.fixed_addr
         try:
-            self.runner(*self.pick(addr), *self.tail)
+            if self.stream is None:
+                self.runner(*self.pick(addr), *self.tail)
+            else:
+                self.runner(*self.pick(addr), *self.tail, stream=self.stream())
         except Exception as exc:  # an unexpected launcher: the full path (Triton's own launch) from now on
             launch.give_up(exc)
             return None
