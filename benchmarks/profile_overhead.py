@@ -125,18 +125,22 @@ def stub_attention(q, k, v, *, scale, mask=None, params=None, want=(), backend="
 def triton_host_stub(q, k, v, *, scale, mask=None, params=None, want=(), backend="auto"):
     """The Triton wrapper's whole host path (argument preparation, the direct-launch key) with the launches
     themselves replaced by nothing, then plain SDPA for the output: what the Triton backend costs the host per
-    layer call, measurable without a GPU (the C launcher call itself, a few us, is not included)."""
+    layer call, measurable without a GPU (the C launcher call itself, a few us, is not included). Each call's time is
+    booked as a replay (its signature has a recipe) or a full-path call (the step's first of its signature)."""
     from vlmfix.kernels import triton_attention as ta
+    from vlmfix.kernels._recipes import decode_signature
 
     if q.shape[2] == 1 and not want:
+        kind = "replay" if decode_signature(q, k, v, scale, mask, params)[0] in ta._decode_recipes else "full"
         t = CLOCK()
         ta.attention(q, k, v, scale=scale, mask=mask, params=params)
-        TSTUB_WRAPPER["s"] += CLOCK() - t
-        TSTUB_WRAPPER["calls"] += 1
+        TSTUB_WRAPPER[kind] += CLOCK() - t
+        TSTUB_WRAPPER[kind + "_calls"] += 1
     return stub_attention(q, k, v, scale=scale, mask=mask, params=params, want=want)
 
 
-TSTUB_WRAPPER = {"s": 0.0, "calls": 0}  # host time inside the Triton wrapper during ``+tstub`` runs
+# host time inside the Triton wrapper during ``+tstub`` runs, and calls, split into replays and full-path calls
+TSTUB_WRAPPER = {"replay": 0.0, "replay_calls": 0, "full": 0.0, "full_calls": 0}
 
 
 @contextlib.contextmanager
@@ -513,15 +517,15 @@ def main(argv=None):
         step_time(model, inputs, cfg, 4, dims, tau)
     times = {c: [] for c in cfgs}
     firsts = {c: [] for c in cfgs}  # the 1-token generates: prefill (+ one step and generate's fixed costs)
-    wrapper = {c: [0.0, 0] for c in cfgs}  # +tstub: host time inside the Triton wrapper, calls
+    wrapper = {c: dict.fromkeys(TSTUB_WRAPPER, 0) for c in cfgs}  # +tstub: the wrapper's time and calls by kind
     for r in range(args.repeats):
         for cfg in (cfgs if r % 2 == 0 else cfgs[::-1]):
-            s0, c0 = TSTUB_WRAPPER["s"], TSTUB_WRAPPER["calls"]
+            before = dict(TSTUB_WRAPPER)
             per_step, _, first = step_time(model, inputs, cfg, args.steps, dims, tau)
             times[cfg].append(per_step)
             firsts[cfg].append(first)
-            wrapper[cfg][0] += TSTUB_WRAPPER["s"] - s0
-            wrapper[cfg][1] += TSTUB_WRAPPER["calls"] - c0
+            for name in TSTUB_WRAPPER:
+                wrapper[cfg][name] += TSTUB_WRAPPER[name] - before[name]
     # CPU time of this thread; on a shared machine the minimum over rounds is the least disturbed estimate of a fixed
     # host cost, the median is given beside it.
     van, van_med = min(times["vanilla"]), statistics.median(times["vanilla"])
@@ -537,12 +541,21 @@ def main(argv=None):
                      "all_ms": [round(t * 1e3, 3) for t in times[cfg]],
                      "first_token_ms": round(min(firsts[cfg]) * 1e3, 2),
                      "first_token_all_ms": [round(t * 1e3, 2) for t in firsts[cfg]]})
-        if wrapper[cfg][1]:
-            rows[-1]["triton_wrapper_us_per_call"] = round(wrapper[cfg][0] / wrapper[cfg][1] * 1e6, 2)
+        w = wrapper[cfg]
+        calls = w["replay_calls"] + w["full_calls"]
+        note = ""
+        if calls:
+            row = rows[-1]
+            row["triton_wrapper_us_per_call"] = round((w["replay"] + w["full"]) / calls * 1e6, 2)
+            for kind in ("replay", "full"):
+                row[f"triton_wrapper_{kind}_calls"] = w[f"{kind}_calls"]
+                if w[f"{kind}_calls"]:
+                    row[f"triton_wrapper_{kind}_us_per_call"] = round(w[kind] / w[f"{kind}_calls"] * 1e6, 2)
+            note = (f"   Triton wrapper {row['triton_wrapper_us_per_call']} us/call (replays "
+                    f"{row.get('triton_wrapper_replay_us_per_call', '-')}, full path "
+                    f"{row.get('triton_wrapper_full_us_per_call', '-')} us; {w['full_calls'] / calls:.1%} full)")
         print(f"{cfg:<18} {best * 1e3:8.2f} {(best - van) * 1e6:9.0f} {(best - van) * 1e6 / n:10.1f} "
-              f"{med * 1e3:10.2f} {(med - van_med) * 1e6 / n:10.1f} {min(firsts[cfg]) * 1e3:10.2f}"
-              + (f"   Triton wrapper {rows[-1]['triton_wrapper_us_per_call']} us/call"
-                 if "triton_wrapper_us_per_call" in rows[-1] else ""))
+              f"{med * 1e3:10.2f} {(med - van_med) * 1e6 / n:10.1f} {min(firsts[cfg]) * 1e3:10.2f}" + note)
     # dispatcher ops per decode step: a load-independent count; on a GPU every non-view op is a kernel launch
     # (~5-10 us of host time each through PyTorch's eager path)
     print(f"\n{'config':<18} {'ops/step':>9} {'+ops/layer':>11} {'+launch ops/layer':>18}   top extra ops per layer")
