@@ -7,7 +7,7 @@ options and, per runtime argument, on what Triton specialises: a tensor's dtype 
 being 1 or a multiple of 16 (a float is not specialised). ``DirectLaunch`` keys its own cache on exactly that: a call
 with a new key goes through Triton (which compiles or finds the kernel, launches it and returns it), later calls with
 the same key launch the compiled kernel directly through ``CompiledKernel[grid]``, Triton's own launcher for a
-compiled kernel (launch hooks included).
+compiled kernel (launch hooks included), handing it the stream it would look up itself (``stream_getter``).
 
 The leading tensor arguments (the kernels declare their pointers first) reach the compiled launcher as addresses:
 given a tensor, Triton's C launcher calls its ``data_ptr`` method and asks the driver to validate the address
@@ -31,14 +31,17 @@ import torch
 
 _Tensor = torch.Tensor
 
+# The current CUDA device without ``torch.cuda.current_device``'s lazy-initialisation check, which is Python on every
+# layer call. Only for code that holds a CUDA tensor: CUDA is initialised then, and both give the same device.
+current_device = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
+
 
 def stream_getter(device: int):
     """``() -> int`` for a launch on the GPU ``device`` (a tensor's ``get_device()``; -1: the CPU, which returns None):
     the raw stream a compiled kernel's runner launches on when it is given none, the current stream of the current
-    device, through the same driver functions Triton's runner calls. Triton's own lookup goes through
-    ``torch.cuda.current_device``, whose lazy-initialisation check is Python; on a GPU tensor's launch CUDA is
-    initialised, so its C function alone gives the same device (a few us per layer call on a slow host). None where
-    the runner is to look the stream up itself."""
+    device, through the same driver functions Triton's runner calls, except that the driver's
+    ``torch.cuda.current_device`` is replaced by ``current_device`` (a few us per layer call on a slow host). None
+    where the runner is to look the stream up itself."""
     if device < 0:
         return None
     try:
@@ -48,8 +51,8 @@ def stream_getter(device: int):
         get_stream, get_device = active.get_current_stream, active.get_current_device
     except Exception:  # no GPU driver (a test's stand-in kernel): the runner looks the stream up itself
         return None
-    if get_device is torch.cuda.current_device and hasattr(torch._C, "_cuda_getDevice"):
-        get_device = torch._C._cuda_getDevice
+    if get_device is torch.cuda.current_device:
+        get_device = current_device
     return lambda: get_stream(get_device())
 
 

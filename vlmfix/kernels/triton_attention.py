@@ -23,7 +23,7 @@ from typing import Iterable
 import torch
 import triton
 
-from ._launch import DirectLaunch
+from ._launch import DirectLaunch, current_device
 from ._recipes import MASK, NATURAL_SLOTS, OUT, Q, DecodeRecipe, decode_signature
 from ._tri_common import LOG2E_F
 from ._tri_decode import combine_kernel, decode_kernel, last_row_kernel
@@ -91,9 +91,6 @@ def _split_cfg(cfg: dict) -> tuple[dict, dict]:
     return ({k: v for k, v in cfg.items() if k not in _OPTIONS}, {k: v for k, v in cfg.items() if k in _OPTIONS})
 
 
-# The current CUDA device, without ``torch.cuda.current_device``'s lazy-initialisation check (Python, on every layer
-# call): only asked once a CUDA tensor exists, so CUDA is initialised.
-_current_device = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
 # Every allocation goes through this name so tests can hand out NaN-filled buffers and catch unwritten elements.
 _empty = torch.empty
 _sm_count: dict = {}
@@ -388,7 +385,7 @@ def _remember(sig, inputs, grid, args, constexprs, options, mask_u8, compiled):
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, mask: torch.Tensor | None = None,
               params: ReweightParams | None = None, want: Iterable[str] = ()) -> tuple[torch.Tensor, dict]:
     """Re-weighted attention on the GPU (or the Triton interpreter). See ``reference.attention`` for the contract."""
-    if q.is_cuda and q.get_device() != _current_device():
+    if q.is_cuda and q.get_device() != current_device():
         # a model split over GPUs (device_map): launch on this layer's GPU, where Triton looks its kernels up
         with torch.cuda.device(q.device):
             return attention(q, k, v, scale=scale, mask=mask, params=params, want=want)
