@@ -75,6 +75,7 @@ class DirectLaunch:
         self.error = None  # why the direct path was given up, if it was
         self.compile_only = False
         self._plans: dict = {}
+        self._streams: dict = {}  # device index -> stream_getter(device), made once per device
         self._n_lead = None  # how many leading arguments are tensors (counted at the first call)
         self.n_runtime, self.constexpr_names = None, ()
         if enabled:  # (the interpreter's functions carry no parameter list)
@@ -118,7 +119,7 @@ class DirectLaunch:
         if plan is None:
             compiled = self.fn[grid](*args, **constexprs, **options)
             self._plans[key] = (compiled, tuple(constexprs[n] for n in self.constexpr_names),
-                                stream_getter(args[0].get_device() if ptrs else -1))
+                                self.stream_for(args[0].get_device() if ptrs else -1))
             return compiled
         compiled, consts, stream = plan
         try:
@@ -133,14 +134,23 @@ class DirectLaunch:
         return compiled
 
     def runner(self, compiled, grid, constexprs: dict, device: int):
-        """(``compiled``'s launcher for ``grid``, the constexpr values in parameter order, ``stream_getter(device)``),
+        """(``compiled``'s launcher for ``grid``, the constexpr values in parameter order, ``stream_for(device)``),
         for a decode recipe (``_recipes.DecodeRecipe``) to call with the leading tensors as addresses, then the other
         arguments, then the constexprs, and the stream where there is a getter; None where ``compiled`` is (a launch
         that did not launch directly) or direct launches stopped. ``compiled`` is what a launch of the recipe's own
         arguments on ``device`` returned: the kernel keyed on exactly them, so no second key is derived."""
         if compiled is None or not self.enabled or self.compile_only:
             return None
-        return compiled[grid], tuple([constexprs[n] for n in self.constexpr_names]), stream_getter(device)
+        return compiled[grid], tuple([constexprs[n] for n in self.constexpr_names]), self.stream_for(device)
+
+    def stream_for(self, device: int):
+        """``stream_getter(device)``, made once per device: every new plan and every new decode recipe (each step's
+        first call of each signature) asks for it."""
+        try:
+            return self._streams[device]
+        except KeyError:
+            getter = self._streams[device] = stream_getter(device)
+            return getter
 
     def give_up(self, exc: Exception):
         """Launches through Triton's own path from now on, after the direct launch raised ``exc``."""
